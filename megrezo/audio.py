@@ -24,16 +24,6 @@ def whisper_sinusoids(length: int, channels: int, max_timescale: float = 10000.0
     return torch.cat([angles.sin(), angles.cos()], dim=1).float()
 
 
-def conv_frames(mel_frames: torch.Tensor) -> torch.Tensor:
-    """Frames after the stride-2 convolution (T1) for a number of mel frames."""
-    return (mel_frames - 1) // 2 + 1
-
-
-def pooled_frames(t1: torch.Tensor) -> torch.Tensor:
-    """Frames after the 2x average pool (T2)."""
-    return (t1 - 2) // 2 + 1
-
-
 class AudioAttention(nn.Module):
     def __init__(self, config: MegrezOAudioConfig):
         super().__init__()

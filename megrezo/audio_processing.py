@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
 
+from .audio_lengths import conv_frames, pooled_frames
 from .batch_format import AudioEncoding
 
 SAMPLING_RATE = 16000
@@ -185,12 +186,11 @@ def audio_span_length(num_samples: int) -> tuple[int, int, int]:
     """(T1, T2, span) for a clip of `num_samples` samples: frames after the convolutions, after the average pool,
     and the text positions the clip occupies (begin vector, T2 frames, end vector). Samples past 30 s are not seen.
     """
-    mel_frames = min(num_samples, CLIP_SAMPLES) // HOP_LENGTH
-    conv_frames = (mel_frames - 1) // 2 + 1
-    pooled_frames = (conv_frames - 2) // 2 + 1
-    if pooled_frames < 1:
+    t1 = conv_frames(min(num_samples, CLIP_SAMPLES) // HOP_LENGTH)
+    t2 = pooled_frames(t1)
+    if t2 < 1:
         raise ValueError(f"audio clip of {num_samples} samples is too short: at least {MIN_CLIP_SAMPLES} are needed")
-    return conv_frames, pooled_frames, pooled_frames + 2
+    return t1, t2, t2 + 2
 
 
 class AudioFeatureExtractor:

@@ -13,6 +13,8 @@ from typing import TypedDict
 
 import torch
 
+from .audio_lengths import conv_frames, pooled_frames
+
 
 class ImageEncoding(TypedDict, total=False):
     pixel_values: torch.Tensor
@@ -102,13 +104,13 @@ def validate_audio_encoding(encoding: AudioEncoding, seq_shape: tuple[int, int])
             f"audio_encoding.input_audio_lengths: expected [{num_clips}, 2] rows of (T1, T2), got "
             f"{'none' if lengths is None else list(lengths.shape)}"
         )
-    max_t1 = (features.shape[2] - 1) // 2 + 1
+    max_t1 = conv_frames(features.shape[2])
     if int(lengths[:, 0].max()) > max_t1 or int(lengths.min()) < 1:
         raise ValueError(
             f"audio_encoding.input_audio_lengths: T1 up to {int(lengths[:, 0].max())} frames, but the features "
             f"({features.shape[2]} mel frames) give at most {max_t1}; all lengths must be >= 1"
         )
-    if bool((lengths[:, 1] > (lengths[:, 0] - 2) // 2 + 1).any()):
+    if bool((lengths[:, 1] > pooled_frames(lengths[:, 0])).any()):
         raise ValueError(f"audio_encoding.input_audio_lengths: T2 exceeds (T1 - 2) // 2 + 1 in {lengths.tolist()}")
     spans = lengths[:, 1] + 2
     given_spans = encoding.get("audio_span_tokens")
