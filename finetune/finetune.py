@@ -1,0 +1,116 @@
+"""Finetune Megrez-3B-Omni on JSONL conversations: full or LoRA, each module switchable, DeepSpeed ZeRO-2/3.
+
+Launch with `finetune/finetune.sh` (torchrun, 2 processes) or directly: `python finetune/finetune.py --help` lists
+every flag (the Trainer's plus those in arguments.py). The data is checked line by line first (validate_data.py);
+a restarted run continues from the newest complete checkpoint in --output_dir; the final model in --output_dir
+holds weights, model code and processor files, so it loads with `trust_remote_code=True` on its own.
+"""
+
+import resource
+import sys
+from pathlib import Path
+
+import torch
+from arguments import DataArguments, FinetuneArguments, ModelArguments, default_attn_implementation
+from dataset import ConversationDataset, TrainingCollator
+from merge_lora import merge_lora
+from modules import apply_lora, set_trainable, trainable_report
+from trainer import (
+    CheckpointCompleteCallback,
+    MegrezOTrainer,
+    newest_complete_checkpoint,
+    remove_incomplete_checkpoints,
+)
+from transformers import AutoModelForCausalLM, AutoProcessor, HfArgumentParser
+from validate_data import check_jsonl, configure_images
+
+ADAPTER_FOLDER = "adapter"
+
+
+def load_dataset(path: str, prefix: str | None, processor, max_length: int) -> ConversationDataset:
+    """Checks every line first and stops with the full list of problems, before any training step."""
+    prefix = prefix or str(Path(path).parent)
+    records, problems = check_jsonl(path, prefix, processor, max_length)
+    if problems:
+        listing = "\n".join(f"  {problem}" for problem in problems)
+        raise SystemExit(f"{path}: {len(problems)} problem(s), fix them first (finetune/validate_data.py):\n{listing}")
+    return ConversationDataset(records, processor, max_length)
+
+
+def model_dtype(args: FinetuneArguments) -> torch.dtype:
+    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+
+
+def resume_point(args: FinetuneArguments) -> str | None:
+    """An explicit --resume_from_checkpoint wins; otherwise the newest complete checkpoint of --output_dir.
+    Checkpoints cut short by a crash are removed (by the main process first) so they are rewritten cleanly."""
+    if args.resume_from_checkpoint:
+        return args.resume_from_checkpoint
+    with args.main_process_first(desc="removing incomplete checkpoints"):
+        for path in remove_incomplete_checkpoints(args.output_dir):
+            print(f"removed incomplete checkpoint {path} (no completion marker)", file=sys.stderr)
+    checkpoint = newest_complete_checkpoint(args.output_dir)
+    return str(checkpoint) if checkpoint else None
+
+
+def main() -> None:
+    parser = HfArgumentParser((ModelArguments, DataArguments, FinetuneArguments))
+    model_args, data_args, args = parser.parse_args_into_dataclasses()
+
+    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    configure_images(processor, data_args.max_slice_nums, data_args.scale_resolution)
+    with args.main_process_first(desc="checking the data"):
+        train_dataset = load_dataset(data_args.data_path, data_args.dataset_prefix, processor, args.model_max_length)
+        eval_dataset = None
+        if data_args.eval_data_path:
+            eval_dataset = load_dataset(
+                data_args.eval_data_path, data_args.dataset_prefix, processor, args.model_max_length
+            )
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path,
+        trust_remote_code=True,
+        dtype=model_dtype(args),
+        attn_implementation=model_args.attn_implementation or default_attn_implementation(),
+    )
+    set_trainable(model, args.tune_flags())
+    if args.use_lora:
+        model = apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+    if args.should_log:
+        print("trainable parameters per module:\n" + trainable_report(model), flush=True)
+
+    trainer = MegrezOTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=TrainingCollator(processor),
+        processor=processor,
+        callbacks=[CheckpointCompleteCallback()],
+    )
+    checkpoint = resume_point(args)
+    if checkpoint and args.should_log:
+        print(f"resuming from {checkpoint}", flush=True)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    save_final(trainer, args, model_args.model_name_or_path)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory (max RSS) of rank {args.process_index}: {peak_mib:.0f} MiB", flush=True)
+
+
+def save_final(trainer: MegrezOTrainer, args: FinetuneArguments, base_model_path: str) -> None:
+    """Full training: weights, code and processor in --output_dir. LoRA: the adapter there, or with --merge_lora the
+    adapter in --output_dir/adapter and the merged self-contained model in --output_dir."""
+    trainer.save_state()
+    if not args.merge_lora:
+        trainer.save_model(args.output_dir)
+        return
+    adapter_dir = Path(args.output_dir) / ADAPTER_FOLDER
+    trainer.save_model(str(adapter_dir))
+    trainer.accelerator.wait_for_everyone()
+    if args.should_save:
+        merge_lora(base_model_path, adapter_dir, args.output_dir, dtype=model_dtype(args))
+    trainer.accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main()
