@@ -7,6 +7,8 @@ media vectors. Everything after that is the plain language model, so training, t
 transformers' own.
 """
 
+import threading
+
 import torch
 from torch import nn
 from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedModel
@@ -16,7 +18,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .audio import AudioEncoder, AudioTower, whisper_sinusoids
 from .batch_format import MegrezOBatch, validate_audio_encoding, validate_image_encoding
 from .configuration_megrezo import MegrezOConfig
+from .processing_megrezo import MegrezOProcessor
 from .resampler import Resampler
+from .special_tokens import EOS, PAD, TURN_END
 from .vision import VisionTower
 
 
@@ -136,6 +140,86 @@ class MegrezO(MegrezOPreTrainedModel):
             generation_config=generation_config,
             **generation_kwargs,
         )
+
+
+    _chat_processor_lock = threading.Lock()
+
+    def chat_processor(self) -> MegrezOProcessor:
+        """The processor of the checkpoint this model was loaded from, loaded once and kept on the model (a lock
+        keeps two threads from loading it twice). The folder's code already runs as this model, so its image
+        processor's remote code is trusted too."""
+        with self._chat_processor_lock:
+            if getattr(self, "_chat_processor", None) is None:
+                if not self.name_or_path:
+                    raise ValueError("this model was not loaded from a folder: pass processor= to chat()")
+                self._chat_processor = MegrezOProcessor.from_pretrained(self.name_or_path, trust_remote_code=True)
+            return self._chat_processor
+
+    def chat(
+        self,
+        messages: list[dict] | list[list[dict]],
+        sampling: bool = False,
+        max_new_tokens: int = 512,
+        streamer=None,
+        processor: MegrezOProcessor | None = None,
+        return_tokens: bool = False,
+        **generation_overrides,
+    ) -> str | list[str] | list[int] | list[list[int]]:
+        """Reply to one conversation (a list of `{"role", "content"}` dicts) or to a list of conversations, which
+        run as one left-padded batch and give a list of replies.
+
+        Greedy by default; `sampling=True` uses top_p 0.8, top_k 100, temperature 0.7 (the release's demo values);
+        repetition_penalty is 1.2 in both. `generation_overrides` (any `GenerationConfig` field) win over these.
+        Decoding stops at `<|turn_end|>` or `<|eos|>`; the reply is the text before the stop token, decoded without
+        special tokens. `streamer` (e.g. a fresh `TextIteratorStreamer` per call) works with one conversation.
+        `return_tokens=True` returns the generated ids before the stop token instead of text.
+        """
+        processor = processor or self.chat_processor()
+        single = len(messages) > 0 and isinstance(messages[0], dict)
+        conversations = [messages] if single else list(messages)
+        if streamer is not None and len(conversations) != 1:
+            raise ValueError(f"streamer= works with one conversation, got {len(conversations)}")
+        batch = processor(conversations, add_generation_prompt=True, padding_side="left")
+        prompt_length = batch["input_ids"].shape[1]
+        if prompt_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"prompt is {prompt_length} tokens, longer than the model's {self.config.max_position_embeddings} "
+                "positions"
+            )
+
+        def to_model(value):
+            if isinstance(value, dict):
+                return {key: to_model(item) for key, item in value.items()}
+            if isinstance(value, torch.Tensor):
+                return value.to(self.device, self.dtype if value.is_floating_point() else value.dtype)
+            return value
+
+        batch = to_model(batch)
+        stop_ids = [processor.token_ids[TURN_END], processor.token_ids[EOS]]
+        settings = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": sampling,
+            "repetition_penalty": 1.2,
+            "eos_token_id": stop_ids,
+            "pad_token_id": processor.token_ids[PAD],
+        }
+        if sampling:
+            settings.update(top_p=0.8, top_k=100, temperature=0.7)
+        settings.update(generation_overrides)
+        generated = self.generate(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            image_encoding=batch.get("image_encoding"),
+            audio_encoding=batch.get("audio_encoding"),
+            generation_config=GenerationConfig(**settings),
+            streamer=streamer,
+        )
+        replies = []
+        for row in generated.tolist():
+            stops = [index for index, token in enumerate(row) if token in stop_ids]
+            tokens = row[: stops[0]] if stops else row
+            replies.append(tokens if return_tokens else processor.tokenizer.decode(tokens, skip_special_tokens=True))
+        return replies[0] if single else replies
 
 
 MegrezO.register_for_auto_class("AutoModelForCausalLM")

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
 
 from . import special_tokens as tok
 from .chat_template import CHAT_TEMPLATE
 from .configuration_megrezo import MegrezOAudioConfig, MegrezOConfig
+from .image_processing_megrezo import MegrezOImageProcessor
 from .modeling_megrezo import MegrezO
+from .processing_megrezo import MegrezOProcessor
 
 RELEASE_PREPROCESSOR = {
     "image_processor_type": "MegrezOImageProcessor",
@@ -86,8 +88,27 @@ def tiny_config(vocab_size: int, token_ids: dict[str, int]) -> MegrezOConfig:
     )
 
 
+def build_processor(tokenizer: PreTrainedTokenizerFast, config: MegrezOConfig) -> MegrezOProcessor:
+    """The release's preprocessing settings around `tokenizer`, with the config's audio tokens and position limit."""
+    image_settings = {k: v for k, v in RELEASE_PREPROCESSOR.items() if k not in ("auto_map", "processor_class")}
+    return MegrezOProcessor(
+        image_processor=MegrezOImageProcessor(**image_settings),
+        tokenizer=tokenizer,
+        audio_feature_extractor=WhisperFeatureExtractor(
+            feature_size=RELEASE_PREPROCESSOR["feature_size"], sampling_rate=RELEASE_PREPROCESSOR["sampling_rate"]
+        ),
+        audio_start_token=config.audio_start_token,
+        audio_end_token=config.audio_end_token,
+        max_positions=config.max_position_embeddings,
+    )
+
+
 def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
-    """Writes config, safetensors weights, remote code, tokenizer and preprocessor config to out_dir."""
+    """Writes config, safetensors weights, remote code, tokenizer, processor and preprocessor config to out_dir.
+
+    The processor is saved with its remote code (processing_megrezo.py and the files it imports) and auto_map, so
+    `AutoProcessor.from_pretrained(out_dir, trust_remote_code=True)` works without this package installed; the
+    release-format preprocessor_config.json is written last, so its auto_map serves AutoImageProcessor."""
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
     vocab_size = -(-len(tokenizer) // 64) * 64
@@ -95,7 +116,7 @@ def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = MegrezO(config).eval()
     model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    build_processor(tokenizer, config).save_pretrained(out_dir)
     (out_dir / "preprocessor_config.json").write_text(json.dumps(RELEASE_PREPROCESSOR, indent=2) + "\n")
     return out_dir
 
