@@ -1,0 +1,443 @@
+"""Gradio chat app for Megrez-3B-Omni: text, images and speech in, streamed text out.
+
+    python gradio_app.py [--model_path PATH] [--port 7860] [--host 127.0.0.1] [--share false]
+
+Design, and why:
+- The conversation of a browser session lives in that session's `gr.State`, in the Chatbot's message format, and
+  `to_model_messages` is the only place that turns it into `model.chat` messages (submit and regenerate both use
+  it), so what the page shows is what the model reads.
+- Every request gets its own `TextIteratorStreamer` and generation thread; nothing about a request is stored on
+  the model or the app. One lock per model, and one queue slot shared by every event that generates
+  (`concurrency_id`), make sure the model never runs two generations at once on its device, even when a stopped
+  generation is still winding down.
+- Uploads and microphone recordings go to a fresh folder of this app (`GRADIO_TEMP_DIR`), and no other path is
+  allowed, so the server hands out only files that users sent it.
+- Bad input (empty message, unsupported or unreadable file, too many audio clips) is refused with a `gr.Error`
+  before the turn enters the history, so the conversation stays usable.
+"""
+
+import argparse
+import atexit
+import os
+import queue
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
+from transformers.generation.streamers import BaseStreamer  # noqa: E402
+
+from megrezo.audio_processing import load_audio  # noqa: E402
+from megrezo.image_processing_megrezo import load_image  # noqa: E402
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus")
+"""What libsndfile decodes without ffmpeg; the microphone records WAV."""
+MAX_AUDIOS_PER_TURN = 1
+"""One spoken question per turn: the microphone/upload box or one audio file in the message, not both. The release's
+demos ask one audio per turn; a second clip is refused rather than silently dropped or merged."""
+MAX_UPLOAD_SIZE = "50mb"
+
+RANDOM_WEIGHTS_NOTICE = (
+    "⚠️ **Random weights.** No `--model_path` was given, so this app runs the tiny random test checkpoint: the "
+    "pipeline is real, the replies are noise. Start it with `--model_path` pointing at Megrez-3B-Omni for real answers."
+)
+
+HistoryMessage = dict[str, Any]
+"""A Chatbot message: {"role": ..., "content": [{"path": file} ..., {"type": "text", "text": ...}]}."""
+
+
+class InputError(ValueError):
+    """A user's message that the model cannot take; shown in the page as it is."""
+
+
+def media_kind(path: str | Path) -> Literal["image", "audio"]:
+    """Images and audio are told apart by file suffix, the same way the file picker and the chat display do."""
+    suffix = Path(path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in AUDIO_SUFFIXES:
+        return "audio"
+    raise InputError(
+        f"Unsupported file type '{suffix or 'no suffix'}' ({Path(path).name}). Send images "
+        f"({', '.join(IMAGE_SUFFIXES)}) or audio ({', '.join(AUDIO_SUFFIXES)})."
+    )
+
+
+def check_readable(path: str, kind: Literal["image", "audio"]) -> None:
+    """Decode the file once now, so a corrupt upload is refused before it enters the conversation."""
+    try:
+        load_image(path) if kind == "image" else load_audio(path)
+    except (ValueError, FileNotFoundError) as error:
+        # The upload folder's path means nothing to the user; the file name does.
+        reason = str(error).replace(str(path), Path(path).name)
+        raise InputError(f"Could not read the {kind} {Path(path).name}: {reason}") from error
+
+
+def user_turn(text: str, files: list[str], recording: str | None) -> HistoryMessage:
+    """Validates one user submission and returns it as a history message: images, then audio, then the text (the
+    order the chat template lays a turn out in)."""
+    text = (text or "").strip()
+    attachments = list(files) + ([recording] if recording else [])
+    if not text and not attachments:
+        raise InputError("Empty message: type a question, or attach an image or an audio clip.")
+    kinds = [media_kind(path) for path in attachments]
+    audios = [Path(path).name for path, kind in zip(attachments, kinds, strict=True) if kind == "audio"]
+    if len(audios) > MAX_AUDIOS_PER_TURN:
+        raise InputError(
+            f"Too many audio clips in one turn ({len(audios)}: {', '.join(audios)}); the limit is "
+            f"{MAX_AUDIOS_PER_TURN} per turn. Send them in separate turns."
+        )
+    for path, kind in zip(attachments, kinds, strict=True):
+        check_readable(path, kind)
+    ordered = sorted(zip(attachments, kinds, strict=True), key=lambda item: item[1] != "image")
+    content: list[dict[str, Any]] = [{"path": path} for path, _ in ordered]
+    if text:
+        content.append(text_part(text))
+    return {"role": "user", "content": content}
+
+
+def text_part(text: str) -> dict[str, str]:
+    """Text as an explicit part: a bare string would be re-indented by the Chatbot (inspect.cleandoc), and the
+    history must keep the exact reply the model gave."""
+    return {"type": "text", "text": text}
+
+
+def assistant_turn(text: str) -> HistoryMessage:
+    return {"role": "assistant", "content": [text_part(text)]}
+
+
+def _file_path(part: dict[str, Any]) -> str | None:
+    """A file part as this app writes it ({"path"}) or as the Chatbot normalises it ({"type": "file", "file"})."""
+    if "path" in part:
+        return part["path"]
+    if part.get("type") == "file":
+        return part["file"]["path"]
+    return None
+
+
+def to_model_messages(history: list[HistoryMessage]) -> list[dict[str, Any]]:
+    """The one translation from the page's history to `model.chat` messages: a turn with files becomes
+    {"text", "image": [...], "audio": [...]}, a text-only turn a plain string."""
+    messages = []
+    for message in history:
+        parts = message["content"] if isinstance(message["content"], list) else [message["content"]]
+        texts: list[str] = []
+        media: dict[str, list[str]] = {"image": [], "audio": []}
+        for part in parts:
+            if isinstance(part, str):
+                texts.append(part)
+            elif (path := _file_path(part)) is not None:
+                media[media_kind(path)].append(path)
+            elif part.get("type") == "text":
+                texts.append(part["text"])
+        text = "\n".join(texts)
+        if media["image"] or media["audio"]:
+            content: str | dict[str, Any] = {"text": text, **{k: v for k, v in media.items() if v}}
+        else:
+            content = text
+        messages.append({"role": message["role"], "content": content})
+    return messages
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The page's generation controls. Greedy by default; the sampling values are the spec's defaults."""
+
+    greedy: bool = True
+    temperature: float = 0.7
+    top_p: float = 0.8
+    top_k: int = 100
+    repetition_penalty: float = 1.2
+    max_new_tokens: int = 512
+
+    def chat_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `model.chat`; the sampling knobs are passed only when sampling, since greedy
+        decoding ignores them."""
+        kwargs: dict[str, Any] = {
+            "sampling": not self.greedy,
+            "max_new_tokens": int(self.max_new_tokens),
+            "repetition_penalty": float(self.repetition_penalty),
+        }
+        if not self.greedy:
+            kwargs.update(temperature=float(self.temperature), top_p=float(self.top_p), top_k=int(self.top_k))
+        return kwargs
+
+
+class GenerationStopped(Exception):
+    """Raised inside `generate` by a stopped streamer, to end an abandoned generation at its next token."""
+
+
+class ReplyStreamer(BaseStreamer):
+    """A per-request streamer for a page that redraws the whole reply on every update.
+
+    transformers' `TextIteratorStreamer` holds text back until a space, because a terminal cannot take back what
+    it printed; a page can, so this one decodes all the tokens so far at every step and the reply grows token by
+    token (also for text without spaces). `stop()` ends the generation: `generate` calls `put` for every token, so
+    raising there stops any decoding mode through `model.chat` without touching the model.
+    """
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.tokens: list[int] = []
+        self.updates: queue.Queue[str | None] = queue.Queue()
+        self.stopped = threading.Event()
+        self._prompt_skipped = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self.stopped.is_set():
+            raise GenerationStopped
+        if not self._prompt_skipped:  # generate's first call hands over the prompt
+            self._prompt_skipped = True
+            return
+        self.tokens.extend(value.reshape(-1).tolist())
+        # A trailing U+FFFD is a character whose bytes are still arriving: show it once it is complete.
+        self.updates.put(self.tokenizer.decode(self.tokens, skip_special_tokens=True).rstrip("\ufffd"))
+
+    def end(self) -> None:
+        self.updates.put(None)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def __iter__(self) -> Iterator[str]:
+        """The latest text after each wait; updates that piled up while the page was busy are skipped (the final
+        reply comes from `model.chat` anyway)."""
+        while True:
+            text = self.updates.get()
+            while text is not None and not self.updates.empty():
+                text = self.updates.get_nowait()
+            if text is None:
+                return
+            yield text
+
+
+class ChatEngine:
+    """The loaded model and its processor, shared by all sessions; holds no per-request state beyond its lock."""
+
+    def __init__(self, model: torch.nn.Module, processor: Any):
+        self.model = model
+        self.processor = processor
+        self._generating = threading.Lock()
+
+    def stream(self, messages: list[dict[str, Any]], sampling: Sampling) -> Iterator[str]:
+        """Yields the reply as it grows, then the final reply exactly as `model.chat` returned it. Closing the
+        iterator (stop, clear, a closed page) ends the generation at its next token."""
+        streamer = ReplyStreamer(self.processor.tokenizer)
+        outcome: dict[str, Any] = {}
+
+        def generate() -> None:
+            try:
+                with self._generating:
+                    if not streamer.stopped.is_set():
+                        outcome["reply"] = self.model.chat(
+                            messages, streamer=streamer, processor=self.processor, **sampling.chat_kwargs()
+                        )
+            except GenerationStopped:
+                pass
+            except Exception as error:  # handed over to the request's thread, which raises it below
+                outcome["error"] = error
+            finally:
+                streamer.end()
+
+        worker = threading.Thread(target=generate, name="megrezo-generate", daemon=True)
+        worker.start()
+        try:
+            yield from streamer
+            worker.join()
+        finally:
+            streamer.stop()
+        if "error" in outcome:
+            raise outcome["error"]
+        yield outcome["reply"]
+
+
+def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
+    """The page: chat history, multimodal textbox, audio box, stop/regenerate/clear and the sampling controls."""
+
+    def run(
+        history: list[HistoryMessage], rollback: list[HistoryMessage], sampling: Sampling
+    ) -> Iterator[tuple[list[HistoryMessage], list[HistoryMessage]]]:
+        """Streams the reply to the last user turn of `history` as (chatbot, state) pairs; on a model error it
+        restores `rollback` and shows the error."""
+        try:
+            with closing(engine.stream(to_model_messages(history), sampling)) as replies:
+                for text in replies:
+                    # An empty reply adds no turn: the processor refuses empty turns in the next request.
+                    answered = history + [assistant_turn(text)] if text else history
+                    yield answered, answered
+        except (ValueError, FileNotFoundError) as error:
+            yield rollback, rollback
+            raise gr.Error(str(error)) from error
+
+    def submit(
+        message: dict[str, Any] | None,
+        recording: str | None,
+        history: list[HistoryMessage],
+        greedy: bool,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        repetition_penalty: float,
+        max_new_tokens: int,
+    ) -> Iterator[tuple[Any, ...]]:
+        """Adds the user's turn (text, attached files, the audio box) and streams the reply."""
+        message = message or {}
+        try:
+            turn = user_turn(message.get("text", ""), message.get("files", []), recording)
+        except InputError as error:
+            raise gr.Error(str(error)) from error
+        asked = history + [turn]
+        yield asked, None, None, asked
+        sampling = Sampling(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
+        with closing(run(asked, history, sampling)) as replies:
+            for shown, state in replies:
+                yield shown, gr.skip(), gr.skip(), state
+
+    def regenerate(
+        history: list[HistoryMessage],
+        greedy: bool,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        repetition_penalty: float,
+        max_new_tokens: int,
+    ) -> Iterator[tuple[list[HistoryMessage], list[HistoryMessage]]]:
+        """Replaces the last reply with a new one to the same user turn (with the current settings)."""
+        trimmed = history[:-1] if history and history[-1]["role"] == "assistant" else history
+        if not trimmed or trimmed[-1]["role"] != "user":
+            raise gr.Error("Nothing to regenerate yet: send a message first.")
+        yield trimmed, trimmed
+        yield from run(trimmed, history, Sampling(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens))
+
+    def clear() -> tuple[Any, ...]:
+        return [], None, None, []
+
+    defaults = Sampling()
+    with gr.Blocks(title="Megrez-3B-Omni chat") as demo:
+        gr.Markdown("## Megrez-3B-Omni chat\nAsk about images and speech: attach files to the message, or record.")
+        if notice:
+            gr.Markdown(notice, elem_id="random-weights-notice")
+        conversation = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(label="Conversation", elem_id="chatbot", height=520, buttons=["copy"])
+                textbox = gr.MultimodalTextbox(
+                    elem_id="message",
+                    file_count="multiple",
+                    sources=["upload"],
+                    placeholder="Type a question; attach images or audio with the clip button",
+                    show_label=False,
+                )
+                with gr.Row():
+                    regenerate_button = gr.Button("Regenerate", elem_id="regenerate")
+                    stop_button = gr.Button("Stop", elem_id="stop", variant="stop")
+                    clear_button = gr.Button("Clear", elem_id="clear")
+            with gr.Column(scale=1):
+                recording = gr.Audio(
+                    sources=["microphone", "upload"], type="filepath", label="Speech (record or upload)",
+                    elem_id="audio-input",
+                )
+                with gr.Accordion("Generation", open=True):
+                    greedy = gr.Checkbox(defaults.greedy, label="Greedy decoding (off: sample)")
+                    temperature = gr.Slider(0.05, 2.0, defaults.temperature, step=0.05, label="Temperature")
+                    top_p = gr.Slider(0.05, 1.0, defaults.top_p, step=0.05, label="Top-p")
+                    top_k = gr.Slider(1, 200, defaults.top_k, step=1, label="Top-k")
+                    repetition_penalty = gr.Slider(
+                        1.0, 2.0, defaults.repetition_penalty, step=0.05, label="Repetition penalty"
+                    )
+                    max_new_tokens = gr.Slider(1, 2048, defaults.max_new_tokens, step=1, label="Max new tokens")
+        controls = [greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens]
+
+        generating = {"concurrency_id": "model", "concurrency_limit": 1}
+        submitted = textbox.submit(
+            submit, [textbox, recording, conversation, *controls], [chatbot, textbox, recording, conversation],
+            api_name="chat", **generating,
+        )
+        regenerated = regenerate_button.click(
+            regenerate, [conversation, *controls], [chatbot, conversation], api_name="regenerate", **generating
+        )
+        stop_button.click(None, cancels=[submitted, regenerated], api_name=False)
+        gr.on(
+            [clear_button.click, chatbot.clear],  # the button and the Chatbot's own bin icon
+            clear, None, [chatbot, textbox, recording, conversation], cancels=[submitted, regenerated],
+            api_name="clear", concurrency_limit=None,
+        )
+    return demo
+
+
+def private_upload_folder() -> Path:
+    """A fresh folder for this app's uploads, removed at exit. Gradio serves uploads from GRADIO_TEMP_DIR (and
+    cached examples from GRADIO_EXAMPLES_CACHE), so pointing both here keeps every other file out of reach."""
+    folder = Path(tempfile.mkdtemp(prefix="megrezo-gradio-", dir=os.environ.get("GRADIO_TEMP_DIR")))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder / "examples")
+    return folder
+
+
+def parse_bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """`auto`: bfloat16 on a GPU (the release's dtype), float32 on the CPU, where bfloat16 matmuls are slow."""
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+def load_engine(model_path: str | Path, device: str, dtype: torch.dtype) -> ChatEngine:
+    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=dtype)
+    return ChatEngine(model.to(device).eval(), model.chat_processor())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Gradio chat app for Megrez-3B-Omni")
+    parser.add_argument("--model_path", help="checkpoint folder (default: the tiny random test checkpoint)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", default="127.0.0.1", help="use 0.0.0.0 to serve other machines")
+    parser.add_argument("--share", type=parse_bool, default=False, help="true: also open a public gradio.live link")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    args = parser.parse_args()
+
+    notice = None
+    model_path = args.model_path
+    if model_path is None:
+        from megrezo.tiny import cached_tiny_checkpoint
+
+        model_path, notice = cached_tiny_checkpoint(), RANDOM_WEIGHTS_NOTICE
+    engine = load_engine(model_path, args.device, resolve_dtype(args.dtype, args.device))
+    private_upload_folder()
+    # SIGTERM ends the app like Ctrl-C does, so the upload folder is removed on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    demo = build_demo(engine, notice)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        allowed_paths=[],
+        max_file_size=MAX_UPLOAD_SIZE,
+        ssr_mode=False,
+        mcp_server=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The Gradio app in a real headless Chromium (Debian's `chromium`, driven by Playwright; no browser download).
+
+The app runs as a user starts it with no arguments (the tiny random checkpoint and its notice). The test uploads an
+image and a speech file, asks, watches the reply stream in, regenerates, sends an unsupported file, and clears; on
+the way it saves the README's screenshot, assets/gradio_demo.png. Reply texts are checked against `model.chat` by
+the API tests; here the page itself is under test.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+from gradio_app_process import REPO, running_app, write_image, write_speech
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (apt-get install chromium; see scripts/setup.sh)"
+)
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+SCREENSHOT = REPO / "assets" / "gradio_demo.png"
+MAX_NEW_TOKENS = "96"
+
+BOT = "#chatbot [data-testid='bot']"
+USER = "#chatbot [data-testid='user']"
+# Every text the last reply bubble shows, recorded in the page on each DOM change, so no update is missed.
+RECORD_REPLIES = """(selector) => {
+    window.replyTexts = [];
+    new MutationObserver(() => {
+        const bubbles = document.querySelectorAll(selector);
+        const text = bubbles.length ? bubbles[bubbles.length - 1].innerText : null;
+        if (text !== window.replyTexts[window.replyTexts.length - 1]) window.replyTexts.push(text);
+    }).observe(document.querySelector("#chatbot"), {childList: true, subtree: true, characterData: true});
+}"""
+TRACKER = "#chatbot [data-testid='status-tracker']"
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_checkpoint, tmp_path_factory):
+    """Started without --model_path: the default is the same tiny checkpoint (made by the fixture first)."""
+    with running_app(tmp_path_factory.mktemp("gradio_browser")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(app_url)
+            page.wait_for_selector("#message textarea")
+            yield page
+        finally:
+            browser.close()
+
+
+def wait_for_reply(page) -> None:
+    """The chat's status tracker shows while an event runs and hides when it ends."""
+    page.wait_for_function(f"!document.querySelector(\"{TRACKER}\").classList.contains('hide')", polling=10)
+    page.wait_for_function(f"document.querySelector(\"{TRACKER}\").classList.contains('hide')")
+
+
+def test_chat_in_the_browser(page, tmp_path):
+    image = write_image(tmp_path / "shapes.png", seed=3)
+    speech = write_speech(tmp_path / "question.wav")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image\n")
+
+    assert "Random weights" in page.locator("#random-weights-notice").inner_text()
+    max_tokens = page.get_by_label("number input for Max new tokens")
+    max_tokens.fill(MAX_NEW_TOKENS)
+    max_tokens.press("Tab")
+
+    # A turn with an image (in the message) and speech (in the audio box), then the question.
+    page.locator("#audio-input button[aria-label='Upload file']").click()
+    page.locator("#audio-input input[type=file]").set_input_files(speech)
+    page.wait_for_selector("#audio-input audio", state="attached")
+    page.locator("#message input[type=file]").set_input_files(image)
+    page.wait_for_selector("#message img")
+    page.locator("#message textarea").fill("What is in this picture, and what do you hear?")
+    page.evaluate(RECORD_REPLIES, BOT)
+    page.locator("#message textarea").press("Enter")
+    wait_for_reply(page)
+
+    final = page.locator(BOT).last.inner_text()
+    seen = [text for text in page.evaluate("window.replyTexts") if text]
+    assert final and seen[-1] == final
+    assert len(seen) >= 3, f"the reply should arrive in pieces, the page showed {seen}"
+    assert page.locator(f"{USER} img").count() == 1 and page.locator(f"{USER} audio").count() == 1
+    assert "What is in this picture" in page.locator(USER).last.inner_text()
+    assert page.locator("#message textarea").input_value() == ""  # the box is ready for the next question
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOT, full_page=True)
+
+    # Regenerate replaces the reply (greedy: with the same text), it does not add one.
+    page.locator("#regenerate").click()
+    wait_for_reply(page)
+    assert page.locator(BOT).count() == 1
+    assert page.locator(BOT).last.inner_text() == final
+
+    # A file the model cannot take: an error in the page, and the conversation is as it was.
+    page.locator("#message input[type=file]").set_input_files(notes)
+    page.locator("#message textarea").fill("And this?")
+    page.locator("#message textarea").press("Enter")
+    error = page.locator(".toast-body.error").first
+    error.wait_for()
+    assert "Unsupported file type '.txt' (notes.txt)" in error.inner_text()
+    assert page.locator(BOT).count() == 1 and page.locator(USER).count() >= 1
+
+    page.locator("#clear").click()
+    page.wait_for_function(f"document.querySelectorAll(\"{BOT}\").length === 0")
+    assert page.locator(USER).count() == 0
+    assert page.locator("#message textarea").input_value() == ""
+
+    # Still working after all that: a plain question gets a reply.
+    page.locator("#message textarea").fill("Hello")
+    page.locator("#message textarea").press("Enter")
+    wait_for_reply(page)
+    assert page.locator(BOT).count() == 1 and page.locator(BOT).last.inner_text()
