@@ -169,7 +169,8 @@ class MegrezO(MegrezOPreTrainedModel):
         run as one left-padded batch and give a list of replies.
 
         Greedy by default; `sampling=True` uses top_p 0.8, top_k 100, temperature 0.7 (the release's demo values);
-        repetition_penalty is 1.2 in both. `generation_overrides` (any `GenerationConfig` field) win over these.
+        repetition_penalty is 1.2 in both. `generation_overrides` that are `GenerationConfig` fields win over these;
+        the others (`logits_processor`, `stopping_criteria`, ...) go to `generate` as they are.
         Decoding stops at `<|turn_end|>` or `<|eos|>`; the reply is the text before the stop token, decoded without
         special tokens. `streamer` (e.g. a fresh `TextIteratorStreamer` per call) works with one conversation.
         `return_tokens=True` returns the generated ids before the stop token instead of text.
@@ -205,7 +206,9 @@ class MegrezO(MegrezOPreTrainedModel):
         }
         if sampling:
             settings.update(top_p=0.8, top_k=100, temperature=0.7)
-        settings.update(generation_overrides)
+        defaults = GenerationConfig()
+        settings.update({key: value for key, value in generation_overrides.items() if hasattr(defaults, key)})
+        generate_kwargs = {key: value for key, value in generation_overrides.items() if not hasattr(defaults, key)}
         generated = self.generate(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -213,6 +216,7 @@ class MegrezO(MegrezOPreTrainedModel):
             audio_encoding=batch.get("audio_encoding"),
             generation_config=GenerationConfig(**settings),
             streamer=streamer,
+            **generate_kwargs,
         )
         replies = []
         for row in generated.tolist():

@@ -207,15 +207,15 @@ class MegrezOProcessor(ProcessorMixin):
             wave = load_audio(audio)
         return split_into_clips(wave)
 
-    def image_layout(self, index: int, image: ProcessedImage) -> tuple[str, int]:
-        """Text of image `index` with one `<|unk|>` per filler run, and the number of runs (its slices)."""
+    def image_layout(self, index: int, image: ProcessedImage) -> str:
+        """Text of image `index` (spec §4) with one `<|unk|>` standing for each slice's filler run."""
         unk = UNK
         text = f"{IMAGE_ID_START}{index}{IMAGE_ID_END}{IMAGE_START}{unk}{IMAGE_END}"
         if image.grid is not None:
             cols, rows = image.grid
             row_text = f"{SLICE_START}{unk}{SLICE_END}" * cols
             text += "\n".join([row_text] * rows)
-        return text, image.num_slices
+        return text
 
     def _decode_media(self, messages: Conversation) -> _ConversationMedia:
         """Decode every image and audio item in order; errors say which message and item failed."""
@@ -257,27 +257,26 @@ class MegrezOProcessor(ProcessorMixin):
     ) -> tuple[str, list[_MediaRun], list[tuple[int, int]], list[tuple[int, int]]]:
         """Replace each placeholder by its layout. Returns the new text, the filler runs, the char ranges of the
         replacements (in the new text) and (old position, shift) pairs for mapping rendered positions over."""
+        pattern = re.compile(re.escape(IMAGE_PLACEHOLDER) + "|" + re.escape(AUDIO_PLACEHOLDER))
+        matches = list(pattern.finditer(rendered))
+        image_count = sum(match.group() == IMAGE_PLACEHOLDER for match in matches)
+        if image_count != len(media.images) or len(matches) - image_count != len(media.clips):
+            raise ValueError(
+                f"the chat template rendered {image_count} image and {len(matches) - image_count} audio placeholders "
+                f"for {len(media.images)} images and {len(media.clips)} audio clips (does a text contain a literal "
+                f"{IMAGE_PLACEHOLDER} or {AUDIO_PLACEHOLDER}, or does the template drop media?)"
+            )
         pieces, runs, media_ranges, shifts = [], [], [], []
         cursor, length, image_index, clip_index = 0, 0, 0, 0
-        pattern = re.compile(re.escape(IMAGE_PLACEHOLDER) + "|" + re.escape(AUDIO_PLACEHOLDER))
-        for match in pattern.finditer(rendered):
+        for match in matches:
             pieces.append(rendered[cursor : match.start()])
             length += match.start() - cursor
             if match.group() == IMAGE_PLACEHOLDER:
-                if image_index >= len(media.images):
-                    raise ValueError(
-                        f"the rendered text holds more image placeholders than the {len(media.images)} images given"
-                    )
-                image = media.images[image_index]
-                layout, _ = self.image_layout(image_index, image)
+                layout = self.image_layout(image_index, media.images[image_index])
                 for offset in (m.start() for m in re.finditer(re.escape(UNK), layout)):
                     runs.append(_MediaRun("image", length + offset, self.image_processor.image_feature_size))
                 image_index += 1
             else:
-                if clip_index >= len(media.clips):
-                    raise ValueError(
-                        f"the rendered text holds more audio placeholders than the {len(media.clips)} audio clips"
-                    )
                 _, _, span = audio_span_length(len(media.clips[clip_index]))
                 layout = f"{self.audio_start_token}{UNK}{self.audio_end_token}"
                 runs.append(_MediaRun("audio", length + len(self.audio_start_token), span))
@@ -288,12 +287,6 @@ class MegrezOProcessor(ProcessorMixin):
             shifts.append((match.end(), length - match.end()))
             cursor = match.end()
         pieces.append(rendered[cursor:])
-        if image_index != len(media.images) or clip_index != len(media.clips):
-            raise ValueError(
-                f"the chat template rendered {image_index} image and {clip_index} audio placeholders for "
-                f"{len(media.images)} images and {len(media.clips)} audio clips (does a text contain a literal "
-                f"{IMAGE_PLACEHOLDER} or {AUDIO_PLACEHOLDER}, or does the template drop media?)"
-            )
         return "".join(pieces), runs, media_ranges, shifts
 
     def _assistant_char_ranges(self, template_messages: Conversation, rendered: str) -> list[tuple[int, int]]:

@@ -1,0 +1,93 @@
+"""Chat with Megrez-3B-Omni through transformers: one turn with a picture, a spoken question and text, then a
+text-only follow-up that refers back to them.
+
+    python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--stream]
+
+Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
+path of the real model, but its weights are random, so its replies are noise.
+"""
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, TextIteratorStreamer
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+IMAGE_PATH = DATA_DIR / "sample_image.jpg"
+AUDIO_PATH = DATA_DIR / "sample_audio.wav"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_path", help="checkpoint folder (default: the tiny random checkpoint)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on cuda, else float32")
+    parser.add_argument("--stream", action="store_true", help="print the reply while it is generated")
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    return parser.parse_args()
+
+
+def resolve_model_path(model_path: str | None) -> str:
+    if model_path:
+        return model_path
+    from megrezo.tiny import cached_tiny_checkpoint
+
+    print("No --model_path: using the tiny checkpoint, whose weights are random (its replies are noise).")
+    return str(cached_tiny_checkpoint())
+
+
+def reply(model, messages: list[dict], stream: bool, max_new_tokens: int) -> str:
+    """One reply, printed as it is generated when streaming (generation runs in a thread that feeds the streamer)."""
+    if not stream:
+        text = model.chat(messages, max_new_tokens=max_new_tokens)
+        print(text)
+        return text
+    streamer = TextIteratorStreamer(model.chat_processor().tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.setdefault("text", model.chat(messages, max_new_tokens=max_new_tokens, streamer=streamer))
+    )
+    worker.start()
+    for piece in streamer:
+        print(piece, end="", flush=True)
+    worker.join()
+    print()
+    return result["text"]
+
+
+def main() -> None:
+    args = parse_args()
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    model_path = resolve_model_path(args.model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=dtype)
+    model = model.to(args.device).eval()
+
+    messages = [
+        {
+            "role": "user",
+            "content": {
+                "text": "Please answer the question in the recording about this picture.",
+                "image": str(IMAGE_PATH),
+                "audio": str(AUDIO_PATH),
+            },
+        }
+    ]
+    print("User: [picture] [spoken question] Please answer the question in the recording about this picture.")
+    print("Assistant: ", end="", flush=True)
+    first = reply(model, messages, args.stream, args.max_new_tokens)
+
+    messages += [
+        {"role": "assistant", "content": first if first.strip() else "(no reply)"},
+        {"role": "user", "content": "Which of those colours covers the largest area?"},
+    ]
+    print("User: Which of those colours covers the largest area?")
+    print("Assistant: ", end="", flush=True)
+    reply(model, messages, args.stream, args.max_new_tokens)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
