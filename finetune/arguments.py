@@ -37,6 +37,9 @@ class DataArguments:
     dataset_prefix: str | None = field(
         default=None, metadata={"help": "Folder the media paths are relative to; default: the JSONL's folder."}
     )
+    cache_samples: bool = field(
+        default=False, metadata={"help": "Keep processed samples in memory (small sets trained for many epochs)."}
+    )
     max_slice_nums: int | None = field(default=None, metadata={"help": "Override the processor's max_slice_nums."})
     scale_resolution: int | None = field(default=None, metadata={"help": "Override the processor's scale_resolution."})
 

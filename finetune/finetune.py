@@ -22,23 +22,31 @@ from trainer import (
     remove_incomplete_checkpoints,
 )
 from transformers import AutoModelForCausalLM, AutoProcessor, HfArgumentParser
+from transformers.integrations import is_deepspeed_zero3_enabled
 from validate_data import check_jsonl, configure_images
 
 ADAPTER_FOLDER = "adapter"
 
 
-def load_dataset(path: str, prefix: str | None, processor, max_length: int) -> ConversationDataset:
+def load_dataset(path: str, data_args: DataArguments, processor, max_length: int) -> ConversationDataset:
     """Checks every line first and stops with the full list of problems, before any training step."""
-    prefix = prefix or str(Path(path).parent)
+    prefix = data_args.dataset_prefix or str(Path(path).parent)
     records, problems = check_jsonl(path, prefix, processor, max_length)
     if problems:
         listing = "\n".join(f"  {problem}" for problem in problems)
         raise SystemExit(f"{path}: {len(problems)} problem(s), fix them first (finetune/validate_data.py):\n{listing}")
-    return ConversationDataset(records, processor, max_length)
+    return ConversationDataset(records, processor, max_length, data_args.cache_samples)
 
 
 def model_dtype(args: FinetuneArguments) -> torch.dtype:
     return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+
+
+def deepspeed_description(args: FinetuneArguments) -> str:
+    if not args.deepspeed:
+        return "DeepSpeed off"
+    stage = args.hf_deepspeed_config.config.get("zero_optimization", {}).get("stage", 0)
+    return f"DeepSpeed ZeRO stage {stage}"
 
 
 def resume_point(args: FinetuneArguments) -> str | None:
@@ -60,12 +68,10 @@ def main() -> None:
     processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     configure_images(processor, data_args.max_slice_nums, data_args.scale_resolution)
     with args.main_process_first(desc="checking the data"):
-        train_dataset = load_dataset(data_args.data_path, data_args.dataset_prefix, processor, args.model_max_length)
+        train_dataset = load_dataset(data_args.data_path, data_args, processor, args.model_max_length)
         eval_dataset = None
         if data_args.eval_data_path:
-            eval_dataset = load_dataset(
-                data_args.eval_data_path, data_args.dataset_prefix, processor, args.model_max_length
-            )
+            eval_dataset = load_dataset(data_args.eval_data_path, data_args, processor, args.model_max_length)
 
     model = AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path,
@@ -73,10 +79,15 @@ def main() -> None:
         dtype=model_dtype(args),
         attn_implementation=model_args.attn_implementation or default_attn_implementation(),
     )
+    if is_deepspeed_zero3_enabled():
+        # ZeRO-3 gathers the vision tower's weights once per call; ranks with different slice counts would call it
+        # a different number of times (one call per chunk) and deadlock. One chunk per batch keeps calls equal.
+        model.vision.chunk_size = sys.maxsize
     set_trainable(model, args.tune_flags())
     if args.use_lora:
         model = apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
     if args.should_log:
+        print(f"processes: {args.world_size}, {deepspeed_description(args)}", flush=True)
         print("trainable parameters per module:\n" + trainable_report(model), flush=True)
 
     trainer = MegrezOTrainer(
@@ -84,7 +95,7 @@ def main() -> None:
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=TrainingCollator(processor),
+        data_collator=TrainingCollator(processor, model.config.query_num, model.config.audio_config.n_mels),
         processor=processor,
         callbacks=[CheckpointCompleteCallback()],
     )

@@ -1,12 +1,9 @@
-"""The Trainer for MegrezO: the batch goes in whole, idle encoders still run, and checkpoints say when they are done.
+"""The Trainer for MegrezO: the batch goes in whole, the processor is saved along, checkpoints say when they are done.
 
 Three things differ from transformers' `Trainer`:
-- `compute_loss` calls `model(data=batch)`, the model's own batch format (`MegrezOBatch`).
-- Every rank runs every encoder every step. Under ZeRO-3 each encoder's weights are gathered by collective ops
-  when it runs; a rank whose batch has no image (or no audio) would skip them while another rank waits forever.
-  A rank without such input runs the encoder on a minimal dummy (one 14x14 slice, one 3-frame clip) and adds its
-  output times zero to the loss: the gradients it contributes are zero, but every collective happens everywhere.
-  The same keeps DDP's gradient buckets complete without `find_unused_parameters`.
+- `compute_loss` calls `model(data=batch)`, the model's own batch format (`MegrezOBatch`). (That every encoder
+  runs on every rank at every step, as ZeRO-3 needs, is the collator's job: see dataset.TrainingCollator.)
+- The processor (tokenizer, chat template, image/audio settings, its code) is saved with every checkpoint.
 - `CheckpointCompleteCallback` writes a marker file into a checkpoint after every rank has finished writing it,
   so a restart picks the newest checkpoint that is complete and never one cut short by a crash.
 """
@@ -23,27 +20,6 @@ COMPLETE_MARKER = "checkpoint_complete"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
-def _has_media(encoding: dict | None, key: str) -> bool:
-    return encoding is not None and encoding.get(key) is not None and len(encoding[key]) > 0
-
-
-def dummy_image_encoding(dtype: torch.dtype, device: torch.device) -> dict:
-    """The smallest input the vision path accepts: one slice of one 14x14 patch."""
-    return {
-        "pixel_values": torch.zeros(1, 3, 14, 14, dtype=dtype, device=device),
-        "tgt_sizes": torch.tensor([[1, 1]], device=device),
-        "patch_attention_mask": torch.ones(1, 1, 1, dtype=torch.bool, device=device),
-    }
-
-
-def dummy_audio_encoding(n_mels: int, dtype: torch.dtype, device: torch.device) -> dict:
-    """The smallest input the audio path accepts: 5 mel frames, which give T1 = 2 and T2 = 1."""
-    return {
-        "input_audios": torch.zeros(1, n_mels, 5, dtype=dtype, device=device),
-        "input_audio_lengths": torch.tensor([[2, 1]], device=device),
-    }
-
-
 class MegrezOTrainer(Trainer):
     """`processor` is saved into every checkpoint and the final model (tokenizer, chat template, image and audio
     settings, processor code). It is deliberately not handed to the Trainer as `processing_class`: the Trainer would
@@ -58,24 +34,6 @@ class MegrezOTrainer(Trainer):
         if self.args.should_save:
             self.processor.save_pretrained(output_dir or self.args.output_dir)
 
-    def _megrezo(self, model: nn.Module) -> nn.Module:
-        """The MegrezO inside the DeepSpeed/DDP engine and the PEFT wrapper, whose towers the dummies run on."""
-        core = self.accelerator.unwrap_model(model)
-        return core.get_base_model() if hasattr(core, "get_base_model") else core
-
-    def idle_encoder_term(self, model: nn.Module, batch: dict) -> torch.Tensor | None:
-        """Zero times the output of each encoder this batch does not use, or None when the batch uses both."""
-        core = self._megrezo(model)
-        dtype, device = core.dtype, batch["input_ids"].device
-        term = None
-        if not _has_media(batch.get("image_encoding"), "pixel_values"):
-            term = core.vision(dummy_image_encoding(dtype, device)).sum() * 0.0
-        if not _has_media(batch.get("audio_encoding"), "input_audios"):
-            n_mels = core.config.audio_config.n_mels
-            audio = core.audio(dummy_audio_encoding(n_mels, dtype, device)).sum() * 0.0
-            term = audio if term is None else term + audio
-        return term
-
     def compute_loss(
         self,
         model: nn.Module,
@@ -85,11 +43,7 @@ class MegrezOTrainer(Trainer):
     ):
         loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
         outputs = model(data=inputs, **loss_kwargs)
-        loss = outputs.loss
-        idle = self.idle_encoder_term(model, inputs)
-        if idle is not None:
-            loss = loss + idle.to(loss.dtype)
-        return (loss, outputs) if return_outputs else loss
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 
 class CheckpointCompleteCallback(TrainerCallback):
