@@ -17,21 +17,11 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from megrezo.modeling_megrezo import MegrezO
-from megrezo.tiny import build_tokenizer, tiny_config
-
-SIZES = {
-    "tiny": {},
-    "small": {"hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 8,
-              "num_key_value_heads": 2},
-}
+from megrezo.tiny import MODEL_SIZES, build_tokenizer, sized_config
 
 
 def build_pair(size: str) -> tuple[MegrezO, LlamaForCausalLM]:
-    tokenizer = build_tokenizer()
-    config = tiny_config(320, {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|turn_end|>", "<|pad|>")})
-    for key, value in SIZES[size].items():
-        setattr(config, key, value)
-    config.head_dim = config.hidden_size // config.num_attention_heads
+    config = sized_config(size, build_tokenizer())
     torch.manual_seed(0)
     model = MegrezO(config).eval()
     plain = LlamaForCausalLM(LlamaConfig(**{k: getattr(config, k) for k in (
@@ -50,7 +40,7 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="small")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--batch", type=int, default=1)

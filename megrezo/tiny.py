@@ -59,32 +59,56 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_config(vocab_size: int, token_ids: dict[str, int]) -> MegrezOConfig:
-    vision = {
+MODEL_SIZES: dict[str, dict] = {
+    "tiny": {
         "hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "patch_size": 14, "image_size": 980, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
-    }
-    audio = MegrezOAudioConfig(n_mels=128, n_ctx=1500, n_state=128, n_head=2, n_layer=2, output_dim=128)
+        "num_key_value_heads": 1,
+        "vision_config": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 2},
+        "audio_config": {"n_state": 128, "n_head": 2, "n_layer": 2},
+    },
+    "small": {
+        "hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 4, "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "vision_config": {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 6},
+        "audio_config": {"n_state": 256, "n_head": 4, "n_layer": 4},
+    },
+    "full": {
+        "vocab_size": 122880, "hidden_size": 2560, "intermediate_size": 7168, "num_hidden_layers": 32,
+        "num_attention_heads": 40, "num_key_value_heads": 10,
+        "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27, "num_attention_heads": 16},
+        "audio_config": {"n_state": 1280, "n_head": 20, "n_layer": 32},
+    },
+}
+"""Random-weight model sizes. `full` has the release's dimensions (and vocabulary size); the others keep head_dim
+64, the smallest that vLLM's CPU attention accepts."""
+
+
+def sized_config(size: str, tokenizer: PreTrainedTokenizerFast) -> MegrezOConfig:
+    """The config of a random model of `size` around the tokenizer: the release's fixed settings (patch 14, 980-pixel
+    position grid, 64 queries, 4096 positions, RoPE theta 5e6), the preset's widths and depths, and the tokenizer's
+    stop and padding ids."""
+    preset = MODEL_SIZES[size]
+    hidden = preset["hidden_size"]
+    vision = {"patch_size": 14, "image_size": 980, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
+              **preset["vision_config"]}
+    audio = MegrezOAudioConfig(n_mels=128, n_ctx=1500, output_dim=hidden, **preset["audio_config"])
+    llm = {key: value for key, value in preset.items() if key not in ("vision_config", "audio_config")}
+    llm.setdefault("vocab_size", -(-len(tokenizer) // 64) * 64)
     return MegrezOConfig(
         architectures=["MegrezO"],
-        vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
         max_position_embeddings=4096,
         max_sequence_length=4096,
         rms_norm_eps=1e-5,
         rope_theta=5000000.0,
         tie_word_embeddings=False,
         bos_token_id=None,
-        eos_token_id=token_ids[tok.TURN_END],
-        pad_token_id=token_ids[tok.PAD],
+        eos_token_id=tokenizer.convert_tokens_to_ids(tok.TURN_END),
+        pad_token_id=tokenizer.convert_tokens_to_ids(tok.PAD),
         vision_config=vision,
         audio_config=audio,
         query_num=64,
         vision_batch_size=8,
+        **llm,
     )
 
 
@@ -103,25 +127,27 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, config: MegrezOConfig) -
     )
 
 
-def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0) -> Path:
+def make_tiny_checkpoint(
+    out_dir: str | Path, seed: int = 0, size: str = "tiny", dtype: torch.dtype = torch.float32
+) -> Path:
     """Writes config, safetensors weights, remote code, tokenizer, processor and preprocessor config to out_dir.
+    `size` picks one of MODEL_SIZES; weights are stored in `dtype`.
 
     The processor is saved with its remote code (processing_megrezo.py and the files it imports) and auto_map, so
     `AutoProcessor.from_pretrained(out_dir, trust_remote_code=True)` works without this package installed; the
     release-format preprocessor_config.json is written last, so its auto_map serves AutoImageProcessor."""
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
-    vocab_size = -(-len(tokenizer) // 64) * 64
-    config = tiny_config(vocab_size, {t: tokenizer.convert_tokens_to_ids(t) for t in (tok.TURN_END, tok.PAD)})
+    config = sized_config(size, tokenizer)
     torch.manual_seed(seed)
-    model = MegrezO(config).eval()
+    model = MegrezO(config).to(dtype).eval()
     model.save_pretrained(out_dir)
     build_processor(tokenizer, config).save_pretrained(out_dir)
     (out_dir / "preprocessor_config.json").write_text(json.dumps(RELEASE_PREPROCESSOR, indent=2) + "\n")
     return out_dir
 
 
-def cached_tiny_checkpoint(seed: int = 0) -> Path:
+def cached_tiny_checkpoint(seed: int = 0, size: str = "tiny", dtype: torch.dtype = torch.float32) -> Path:
     """The tiny checkpoint in a cache folder (`MEGREZO_CACHE`, default ~/.cache/megrezo), made on first use.
 
     The folder name carries a hash of this package's source, so a code change never meets a stale copy of the
@@ -132,12 +158,13 @@ def cached_tiny_checkpoint(seed: int = 0) -> Path:
     for source in sorted(package.glob("*.py")):
         digest.update(source.name.encode() + source.read_bytes())
     root = Path(os.environ.get("MEGREZO_CACHE", Path.home() / ".cache" / "megrezo"))
-    path = root / f"tiny-seed{seed}-{digest.hexdigest()[:12]}"
+    dtype_name = str(dtype).removeprefix("torch.")
+    path = root / f"{size}-{dtype_name}-seed{seed}-{digest.hexdigest()[:12]}"
     if not (path / "config.json").exists():
-        print(f"megrezo: creating the tiny random checkpoint in {path} (random weights: replies are noise)",
+        print(f"megrezo: creating a {size} random checkpoint in {path} (random weights: replies are noise)",
               file=sys.stderr)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        make_tiny_checkpoint(tmp, seed)
+        make_tiny_checkpoint(tmp, seed, size, dtype)
         try:
             tmp.rename(path)
         except OSError:
@@ -150,9 +177,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="tiny")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     args = parser.parse_args()
-    path = make_tiny_checkpoint(args.out_dir, args.seed)
-    print(f"tiny random Megrez-3B-Omni written to {path} (random weights: replies are noise)")
+    path = make_tiny_checkpoint(args.out_dir, args.seed, args.size, getattr(torch, args.dtype))
+    print(f"{args.size} random Megrez-3B-Omni written to {path} (random weights: replies are noise)")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from transformers.models.idefics2.modeling_idefics2 import Idefics2VisionTransfo
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from megrezo.modeling_megrezo import MegrezO
-from megrezo.tiny import build_tokenizer, tiny_config
+from megrezo.tiny import build_tokenizer, sized_config
 from megrezo.vision import strip_patch_mask
 
 
@@ -20,9 +20,7 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 @pytest.fixture(scope="module")
 def model() -> MegrezO:
     torch.manual_seed(1)
-    tokenizer = build_tokenizer()
-    config = tiny_config(320, {"<|turn_end|>": tokenizer.convert_tokens_to_ids("<|turn_end|>"),
-                               "<|pad|>": tokenizer.convert_tokens_to_ids("<|pad|>")})
+    config = sized_config("tiny", build_tokenizer())
     model = MegrezO(config).eval()
     # Random norms and biases, so a mix-up of weight and bias or of two norms cannot hide behind ones and zeros.
     with torch.no_grad():
