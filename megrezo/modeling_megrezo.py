@@ -141,18 +141,27 @@ class MegrezO(MegrezOPreTrainedModel):
             **generation_kwargs,
         )
 
-
     _chat_processor_lock = threading.Lock()
 
     def chat_processor(self) -> MegrezOProcessor:
         """The processor of the checkpoint this model was loaded from, loaded once and kept on the model (a lock
-        keeps two threads from loading it twice). The folder's code already runs as this model, so its image
-        processor's remote code is trusted too."""
+        keeps two threads from loading it twice). The model config's audio marker tokens and position limit win over
+        the processor's saved ones. The folder's code already runs as this model, so its image processor's remote
+        code is trusted too."""
         with self._chat_processor_lock:
             if getattr(self, "_chat_processor", None) is None:
                 if not self.name_or_path:
                     raise ValueError("this model was not loaded from a folder: pass processor= to chat()")
-                self._chat_processor = MegrezOProcessor.from_pretrained(self.name_or_path, trust_remote_code=True)
+                saved = MegrezOProcessor.from_pretrained(self.name_or_path, trust_remote_code=True)
+                self._chat_processor = MegrezOProcessor(
+                    saved.image_processor,
+                    saved.tokenizer,
+                    saved.audio_feature_extractor,
+                    chat_template=saved.chat_template,
+                    audio_start_token=self.config.audio_start_token,
+                    audio_end_token=self.config.audio_end_token,
+                    max_positions=self.config.max_position_embeddings,
+                )
             return self._chat_processor
 
     def chat(

@@ -36,7 +36,7 @@ from .audio_processing import (
 )
 from .batch_format import AudioEncoding, ImageEncoding, MegrezOBatch
 from .chat_template import CHAT_TEMPLATE
-from .image_processing_megrezo import ProcessedImage, pad_slices
+from .image_processing_megrezo import MegrezOImageProcessor, ProcessedImage, pad_slices
 from .special_tokens import (
     AUDIO_END,
     AUDIO_START,
@@ -157,6 +157,8 @@ class MegrezOProcessor(ProcessorMixin):
         audio_end_token: str = AUDIO_END,
         max_positions: int = 4096,
     ) -> None:
+        if image_processor is None:
+            image_processor = MegrezOImageProcessor()
         if audio_feature_extractor is None:
             audio_feature_extractor = WhisperFeatureExtractor(feature_size=MEL_BINS, sampling_rate=SAMPLING_RATE)
         chat_template = chat_template or getattr(tokenizer, "chat_template", None) or CHAT_TEMPLATE
@@ -170,7 +172,7 @@ class MegrezOProcessor(ProcessorMixin):
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         """A checkpoint with only preprocessor_config.json (the release) has no saved Whisper settings: use the
-        spec's (128 mel bins, 16 kHz), taking `feature_size`/`sampling_rate` from that file when present."""
+        spec's (128 mel bins, 16 kHz)."""
         processor_dict = dict(processor_dict or {})
         if "audio_feature_extractor" not in processor_dict:
             processor_dict["audio_feature_extractor"] = {
@@ -180,15 +182,42 @@ class MegrezOProcessor(ProcessorMixin):
             }
         return super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
 
-    def _special_token_ids(self) -> dict[str, int]:
-        """Ids of every token the layout uses, from the tokenizer; a token it does not know is an error, not unk."""
-        names = [UNK, PAD, EOS, TURN_END, self.audio_start_token, self.audio_end_token]
-        names += [IMAGE_START, IMAGE_END, IMAGE_ID_START, IMAGE_ID_END, SLICE_START, SLICE_END]
-        ids = {name: self.tokenizer.convert_tokens_to_ids(name) for name in names}
-        missing = [name for name, token_id in ids.items() if token_id is None or (token_id == ids[UNK] and name != UNK)]
+    def _special_token_ids(self) -> dict[str, int | None]:
+        """Ids of the layout's tokens, from the tokenizer (a token it does not know must not silently become unk).
+        Text and image tokens must exist. The audio pair was not recovered from the release (spec [choice]), so a
+        tokenizer may lack it: its ids are then None and only a conversation with audio fails."""
+        required = [
+            UNK,
+            PAD,
+            EOS,
+            TURN_END,
+            IMAGE_START,
+            IMAGE_END,
+            IMAGE_ID_START,
+            IMAGE_ID_END,
+            SLICE_START,
+            SLICE_END,
+        ]
+        ids = {name: self.tokenizer.convert_tokens_to_ids(name) for name in required}
+        ids |= {
+            name: self.tokenizer.convert_tokens_to_ids(name) for name in (self.audio_start_token, self.audio_end_token)
+        }
+
+        def unknown(name: str) -> bool:
+            return ids[name] is None or (name != UNK and ids[name] == ids[UNK])
+
+        missing = [name for name in required if unknown(name)]
         if missing:
             raise ValueError(f"the tokenizer does not know the special tokens {missing}")
-        return ids
+        return {name: None if unknown(name) else token_id for name, token_id in ids.items()}
+
+    def _require_audio_tokens(self) -> None:
+        missing = [name for name in (self.audio_start_token, self.audio_end_token) if self.token_ids[name] is None]
+        if missing:
+            raise ValueError(
+                f"the tokenizer has no token {missing} to mark audio; set audio_start_token/audio_end_token of the "
+                "processor (and the model config) to the checkpoint's audio marker tokens"
+            )
 
     def process_image(self, image: object) -> ProcessedImage:
         """Slices of one image (path, PIL image, uint8 array or bytes), source slice first."""
@@ -228,6 +257,8 @@ class MegrezOProcessor(ProcessorMixin):
             view = {"text": content.get("text") or ""}
             for kind in ("image", "audio"):
                 markers = []
+                if kind == "audio" and _as_items(content.get(kind), kind):
+                    self._require_audio_tokens()
                 for number, item in enumerate(_as_items(content.get(kind), kind)):
                     try:
                         if kind == "image":

@@ -387,3 +387,15 @@ def bad_audio_file(tmp_path):
 def test_bad_input_is_named(processor, tmp_path, make_messages, error, pattern):
     with pytest.raises(error, match=pattern):
         processor(make_messages(tmp_path))
+
+
+def test_tokenizer_without_audio_markers_still_serves_text_and_images(processor):
+    bare = MegrezOProcessor(
+        tokenizer=processor.tokenizer, audio_start_token="<|speech|>", audio_end_token="<|/speech|>"
+    )
+    sample = bare.process_multimodal_inputs(
+        [{"role": "user", "content": {"text": "Hi", "image": random_image(300, 200)}}]
+    )
+    assert sample["image_encoding"]["image_bounds"].shape == (1, 3)
+    with pytest.raises(ValueError, match=r"no token \['<\|speech\|>', '<\|/speech\|>'\] to mark audio"):
+        bare.process_multimodal_inputs([{"role": "user", "content": {"audio": tone(1)}}])
