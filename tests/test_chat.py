@@ -1,6 +1,9 @@
 """MegrezO.chat on the tiny checkpoint: batching, streaming, threads, stopping, generation settings, errors."""
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +174,21 @@ def test_bfloat16_model_chats(tiny_checkpoint):
 def test_chat_reports_bad_input(tiny_model, messages, pattern):
     with pytest.raises(ValueError, match=pattern):
         tiny_model.chat(messages)
+
+
+def test_example_script_replies_to_both_turns(tiny_checkpoint):
+    """What `make demo` runs: a text+image+audio turn and a follow-up, each printed with its reply."""
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "example_chat_hf.py", "--stream", "--max_new_tokens", "4"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("No --model_path: using the tiny checkpoint, whose weights are random")
+    # random weights: the replies' content is noise, so only their presence is checked
+    assert sum(line.startswith("Assistant: ") for line in lines) == 2
