@@ -1,0 +1,141 @@
+"""vLLM offline generation against the HF model: same prompt tokens, same greedy tokens, batched equal to alone.
+
+One engine serves the whole module (vLLM's CPU start-up takes tens of seconds). Both sides run the tiny random
+checkpoint in float32 with repetition penalty 1.0, so any difference in layout, encoders or embedding placement
+shows up as different prompt ids or a different greedy continuation.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from megrezo.processing_megrezo import MegrezOProcessor
+from vllm_demo.chat_requests import reply_tokens, seed_sampling_params, to_vllm_request
+from vllm_demo.offline import load_llm
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+NEW_TOKENS = 40
+
+
+def noise_image(width: int, height: int, seed: int) -> Image.Image:
+    """A deterministic RGB image; 1000x750 slices into a 2x2 grid plus the source (5 slices)."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def tone(seconds: float, frequency: float) -> tuple[np.ndarray, int]:
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32), 16000
+
+
+CONVERSATIONS = {
+    "text": [{"role": "user", "content": "Write a short story about a lighthouse keeper."}],
+    "image": [{"role": "user", "content": {"text": "Describe this image.", "image": noise_image(1000, 750, 0)}}],
+    "audio": [{"role": "user", "content": {"text": "What is said here?", "audio": str(DATA / "sample_audio.wav")}}],
+    "image+audio": [
+        {
+            "role": "user",
+            "content": {
+                "text": "Compare the picture and the sound.",
+                "image": str(DATA / "sample_image.jpg"),
+                "audio": str(DATA / "sample_audio.wav"),
+            },
+        }
+    ],
+    "three-turn": [
+        {"role": "system", "content": "You are a careful assistant."},
+        {"role": "user", "content": {"text": "What is in this picture?", "image": str(DATA / "sample_image.jpg")}},
+        {"role": "assistant", "content": "A small scene with shapes."},
+        {"role": "user", "content": {"text": "And this sound?", "audio": tone(2.0, 440.0)}},
+        {"role": "assistant", "content": "A steady tone."},
+        {"role": "user", "content": {"text": "Now this one, compared to the first.", "image": noise_image(300, 200, 1)}},
+    ],
+}
+EXTRA_BATCH_CONVERSATIONS = [
+    [{"role": "user", "content": "List three colours."}],
+    [{"role": "user", "content": {"text": "Two images.", "image": [noise_image(448, 448, 2), noise_image(640, 300, 3)]}}],
+    [{"role": "user", "content": {"text": "Two clips.", "audio": [tone(1.0, 300.0), tone(3.5, 700.0)]}}],
+]
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_checkpoint) -> MegrezOProcessor:
+    return MegrezOProcessor.from_pretrained(tiny_checkpoint, trust_remote_code=True)
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_checkpoint):
+    engine = load_llm(tiny_checkpoint, dtype="float32", seed=0)
+    yield engine
+    engine.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="module")
+def greedy(processor):
+    return seed_sampling_params(processor, max_tokens=NEW_TOKENS, repetition_penalty=1.0)
+
+
+@pytest.fixture(scope="module")
+def alone(llm, processor, greedy) -> dict:
+    """Each conversation generated on its own: name or batch index -> vLLM RequestOutput."""
+    results = {}
+    named = list(CONVERSATIONS.items()) + list(enumerate(EXTRA_BATCH_CONVERSATIONS))
+    for key, messages in named:
+        results[key] = llm.generate([to_vllm_request(processor, messages)], greedy, use_tqdm=False)[0]
+    return results
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_prompt_tokens_match_the_hf_processor(name, alone, processor):
+    expected = processor.process_multimodal_inputs(CONVERSATIONS[name], add_generation_prompt=True)["input_ids"]
+    assert alone[name].prompt_token_ids == expected.tolist()
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_greedy_tokens_match_model_chat(name, alone, processor, tiny_model):
+    hf_tokens = tiny_model.chat(
+        CONVERSATIONS[name], max_new_tokens=NEW_TOKENS, return_tokens=True, repetition_penalty=1.0
+    )
+    vllm_tokens = reply_tokens(alone[name].outputs[0].token_ids, processor)
+    assert len(hf_tokens) >= 32, "the reference stopped early; the comparison needs at least 32 tokens"
+    assert vllm_tokens == hf_tokens
+
+
+def test_batch_of_eight_mixed_requests_equals_each_alone(llm, processor, greedy, alone):
+    conversations = list(CONVERSATIONS.values()) + EXTRA_BATCH_CONVERSATIONS
+    keys = list(CONVERSATIONS) + list(range(len(EXTRA_BATCH_CONVERSATIONS)))
+    assert len(conversations) == 8
+    batch = llm.generate([to_vllm_request(processor, c) for c in conversations], greedy, use_tqdm=False)
+    for key, output in zip(keys, batch, strict=True):
+        assert output.prompt_token_ids == alone[key].prompt_token_ids, key
+        assert list(output.outputs[0].token_ids) == list(alone[key].outputs[0].token_ids), key
+
+
+def test_media_without_placeholder_is_rejected_by_name(llm, processor, greedy):
+    request = {"prompt": "no placeholder here", "multi_modal_data": {"image": noise_image(64, 64, 4)}}
+    with pytest.raises(Exception, match="placeholder|image"):
+        llm.generate([request], greedy, use_tqdm=False)
+
+
+
+def test_replies_depend_on_the_media(llm, processor, greedy):
+    """The parity tests mean something only if the media vectors steer the reply: another image or another clip
+    with the same text gives another continuation."""
+    outputs = llm.generate(
+        [
+            to_vllm_request(processor, [{"role": "user", "content": {"text": "Describe.", "image": image}}])
+            for image in (noise_image(448, 448, 5), noise_image(448, 448, 6))
+        ]
+        + [
+            to_vllm_request(processor, [{"role": "user", "content": {"text": "Describe.", "audio": clip}}])
+            for clip in (tone(2.0, 300.0), tone(2.0, 900.0))
+        ],
+        greedy,
+        use_tqdm=False,
+    )
+    tokens = [list(output.outputs[0].token_ids) for output in outputs]
+    assert outputs[0].prompt_token_ids == outputs[1].prompt_token_ids
+    assert tokens[0] != tokens[1]
+    assert tokens[2] != tokens[3]

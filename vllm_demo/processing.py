@@ -1,0 +1,197 @@
+"""vLLM's multimodal processing for Megrez-3B-Omni, built on the `megrezo` processor.
+
+vLLM tokenizes the prompt itself (a chat-template rendering with one `(<image>./</image>)` per image and one
+`(<audio>./</audio>)` per audio item), then asks this processor for two things per media item:
+- the tensors the model's encoders read: the `megrezo` processor slices each image into patch strips and turns
+  each audio item into Whisper features of its 30 s clips;
+- the tokens that replace the item's placeholder: the `megrezo` processor's layout of that item, with every filler
+  run at its full length. Only the filler `<|unk|>` positions receive encoder vectors.
+
+Each item is processed on its own (its slices padded to its own longest slice), so an item's tensors, and hence its
+vectors, do not depend on the other items of the request or of the batch; vLLM can then cache items by content.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from transformers import BatchFeature
+from vllm.config.multimodal import MultiModalDummyOptions
+from vllm.inputs import MultiModalDataDict
+from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
+from vllm.multimodal.parse import MultiModalDataItems, MultiModalDataParser
+from vllm.multimodal.processing import (
+    BaseDummyInputsBuilder,
+    BaseMultiModalProcessor,
+    BaseProcessingInfo,
+    PromptReplacement,
+    PromptUpdate,
+    PromptUpdateDetails,
+)
+from vllm.multimodal.processing.processor import ResolvedPromptUpdate
+
+from megrezo import special_tokens as tok
+from megrezo.image_processing_megrezo import ProcessedImage, pad_slices
+from megrezo.processing_megrezo import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MegrezOProcessor
+
+SAMPLING_RATE = 16000
+DUMMY_AUDIO_SECONDS = 30
+"""The profiling clip: one full Whisper window, the longest single clip (752 positions)."""
+
+
+def image_grid_tensor(grid: tuple[int, int] | None) -> torch.Tensor:
+    """(cols, rows) of an image's tiles as a tensor, (0, 0) for an image that is a single slice."""
+    return torch.tensor(grid if grid is not None else (0, 0), dtype=torch.long)
+
+
+class MegrezOProcessingInfo(BaseProcessingInfo):
+    """Where vLLM finds the `megrezo` processor and what Megrez-3B-Omni accepts."""
+
+    def get_hf_processor(self, **kwargs: object) -> MegrezOProcessor:
+        return self.ctx.get_hf_processor(**kwargs)
+
+    def get_supported_mm_limits(self) -> Mapping[str, int | None]:
+        return {"image": None, "audio": None}
+
+    def get_supported_mm_processor_kwargs(self) -> dict[str, set[str]]:
+        """No per-request processor options: slicing and features follow the checkpoint's settings."""
+        return {}
+
+    def get_data_parser(self) -> MultiModalDataParser:
+        """Audio arrives mono at 16 kHz, resampled with soxr as `megrezo.audio_processing` does."""
+        return MultiModalDataParser(
+            target_sr=SAMPLING_RATE,
+            target_channels=1,
+            audio_resample_method="soxr",
+            expected_hidden_size=self._get_expected_hidden_size(),
+            allow_missing_mm_embeddings=self.allow_missing_mm_embeddings,
+        )
+
+    def image_size_with_most_slices(self) -> tuple[int, int]:
+        """(width, height) of an image that the slicing rules cut into the most slices: 1 x max_slice_nums tiles
+        of scale_resolution squares, plus the source slice."""
+        image_processor = self.get_hf_processor().image_processor
+        side = image_processor.scale_resolution
+        return side, side * image_processor.max_slice_nums
+
+
+class MegrezODummyInputsBuilder(BaseDummyInputsBuilder[MegrezOProcessingInfo]):
+    """Largest inputs for vLLM's memory profiling: the image with the most slices and a full 30 s clip."""
+
+    def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
+        return IMAGE_PLACEHOLDER * mm_counts.get("image", 0) + AUDIO_PLACEHOLDER * mm_counts.get("audio", 0)
+
+    def get_dummy_mm_data(
+        self, seq_len: int, mm_counts: Mapping[str, int], mm_options: MultiModalDummyOptions
+    ) -> MultiModalDataDict:
+        width, height = self.info.image_size_with_most_slices()
+        return {
+            "image": self._get_dummy_images(
+                width=width, height=height, num_images=mm_counts.get("image", 0), overrides=mm_options.get("image")
+            ),
+            "audio": self._get_dummy_audios(
+                length=DUMMY_AUDIO_SECONDS * SAMPLING_RATE,
+                num_audios=mm_counts.get("audio", 0),
+                overrides=mm_options.get("audio"),
+            ),
+        }
+
+
+class MegrezOMultiModalProcessor(BaseMultiModalProcessor[MegrezOProcessingInfo]):
+    """Per-item tensors and placeholder replacements, both from the `megrezo` processor."""
+
+    def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
+        """Slices and audio features, one entry per item:
+        - image: `pixel_values` [S, 3, 14, P*14] (0..255), `tgt_sizes` [S, 2], `image_grid` [2] (cols, rows);
+        - audio: `audio_features` [C, 128, 3000], `audio_lengths` [C, 2] (T1, T2), for the item's C clips.
+        """
+        processor = self.info.get_hf_processor()
+        outputs: dict[str, list[torch.Tensor]] = {}
+        images = hf_data.get("images") or []
+        for image in images:
+            processed = processor.process_image(image)
+            encoding = pad_slices(processed.strips, processed.tgt_sizes, processor.image_processor.patch_size)
+            outputs.setdefault("pixel_values", []).append(encoding["pixel_values"])
+            outputs.setdefault("tgt_sizes", []).append(encoding["tgt_sizes"])
+            outputs.setdefault("image_grid", []).append(image_grid_tensor(processed.grid))
+        audios = hf_data.get("audio") or []
+        for audio in audios:
+            clips = processor.process_audio(np.asarray(audio, dtype=np.float32))
+            encoding = processor.audio_clip_encoder(clips)
+            outputs.setdefault("audio_features", []).append(encoding["input_audios"])
+            outputs.setdefault("audio_lengths", []).append(encoding["input_audio_lengths"])
+        return BatchFeature(outputs)
+
+    def _get_mm_fields_config(
+        self, hf_inputs: BatchFeature, hf_processor_mm_kwargs: Mapping[str, object]
+    ) -> Mapping[str, MultiModalFieldConfig]:
+        return {
+            "pixel_values": MultiModalFieldConfig.batched("image"),
+            "tgt_sizes": MultiModalFieldConfig.batched("image", keep_on_cpu=True),
+            "image_grid": MultiModalFieldConfig.batched("image", keep_on_cpu=True),
+            "audio_features": MultiModalFieldConfig.batched("audio"),
+            "audio_lengths": MultiModalFieldConfig.batched("audio", keep_on_cpu=True),
+        }
+
+    def _get_prompt_updates(
+        self,
+        mm_items: MultiModalDataItems,
+        hf_processor_mm_kwargs: Mapping[str, object],
+        out_mm_kwargs: MultiModalKwargsItems,
+    ) -> Sequence[PromptUpdate]:
+        """Each placeholder becomes its item's layout; only the `<|unk|>` fillers take encoder vectors."""
+        processor = self.info.get_hf_processor()
+        tokenizer = self.info.get_tokenizer()
+        unk_id = processor.token_ids[tok.UNK]
+
+        def expand_fillers(layout: str, run_length: int) -> list[int]:
+            """Token ids of a layout whose single-`<|unk|>` runs stand for `run_length` fillers each."""
+            ids = tokenizer.encode(layout, add_special_tokens=False)
+            return [i for token in ids for i in ([token] * (run_length if token == unk_id else 1))]
+
+        def image_replacement(item_idx: int) -> PromptUpdateDetails:
+            item = out_mm_kwargs["image"][item_idx].get_data()
+            cols, rows = item["image_grid"].tolist()
+            sizes = [tuple(size) for size in item["tgt_sizes"].tolist()]
+            image = ProcessedImage(strips=list(item["pixel_values"]), tgt_sizes=sizes, grid=(cols, rows) if cols else None)
+            layout = processor.image_layout(item_idx, image)
+            ids = expand_fillers(layout, processor.image_processor.image_feature_size)
+            return PromptUpdateDetails.select_token_id(ids, unk_id)
+
+        def audio_replacement(item_idx: int) -> PromptUpdateDetails:
+            item = out_mm_kwargs["audio"][item_idx].get_data()
+            layout = f"{processor.audio_start_token}{tok.UNK}{processor.audio_end_token}"
+            ids: list[int] = []
+            for _, t2 in item["audio_lengths"].tolist():
+                ids += expand_fillers(layout, t2 + 2)
+            return PromptUpdateDetails.select_token_id(ids, unk_id)
+
+        return [
+            PromptReplacement(
+                modality="image",
+                target=tokenizer.encode(IMAGE_PLACEHOLDER, add_special_tokens=False),
+                replacement=image_replacement,
+            ),
+            PromptReplacement(
+                modality="audio",
+                target=tokenizer.encode(AUDIO_PLACEHOLDER, add_special_tokens=False),
+                replacement=audio_replacement,
+            ),
+        ]
+
+    def _recompute_cached_prompt_update(
+        self, cached_update: ResolvedPromptUpdate, new_item_idx: int
+    ) -> ResolvedPromptUpdate:
+        """An image's layout opens with its index, `<|image_id_start|>{i}<|image_id_end|>`; vLLM reuses a cached
+        item (or one processed among the cache misses only) at another index, so that number is rewritten."""
+        update = super()._recompute_cached_prompt_update(cached_update, new_item_idx)
+        if update.modality != "image" or cached_update.item_idx == new_item_idx:
+            return update
+        token_ids = self.info.get_hf_processor().token_ids
+        full = update.content.full
+        start = full.index(token_ids[tok.IMAGE_ID_START]) + 1
+        end = full.index(token_ids[tok.IMAGE_ID_END], start)
+        number = self.info.get_tokenizer().encode(str(new_item_idx), add_special_tokens=False)
+        return update.with_content(
+            PromptUpdateDetails.select_token_id(full[:start] + number + full[end:], token_ids[tok.UNK])
+        )
