@@ -42,12 +42,13 @@ class Resampler(nn.Module):
 
     def key_positions(self, tgt_sizes: torch.Tensor, max_patches: int, device: torch.device) -> torch.Tensor:
         """[N, P, embed_dim] fp32 position codes of each slice's patches in strip order, zero on padding."""
-        max_rows, max_cols = (int(v) for v in tgt_sizes.max(dim=0).values)
-        table = sincos_2d(self.embed_dim, max_rows, max_cols, device)
-        codes = torch.zeros(len(tgt_sizes), max_patches, self.embed_dim, device=device)
-        for n, (rows, cols) in enumerate(tgt_sizes.tolist()):
-            codes[n, : rows * cols] = table[:rows, :cols].reshape(rows * cols, -1)
-        return codes
+        rows, cols = tgt_sizes[:, :1].to(device), tgt_sizes[:, 1:].to(device)
+        table = sincos_2d(self.embed_dim, int(rows.max()), int(cols.max()), device)
+        index = torch.arange(max_patches, device=device)[None, :]
+        real = index < rows * cols
+        patch_rows = torch.where(real, index // cols, 0)
+        patch_cols = torch.where(real, index % cols, 0)
+        return table[patch_rows, patch_cols] * real[..., None]
 
     def forward(self, features: torch.Tensor, tgt_sizes: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
         """features [N, P, kv_dim], tgt_sizes [N, 2], patch_mask [N, P] (True = real) -> [N, num_queries, embed_dim]."""
