@@ -238,11 +238,10 @@ class MegrezOProcessor(ProcessorMixin):
 
     def image_layout(self, index: int, image: ProcessedImage) -> str:
         """Text of image `index` (spec §4) with one `<|unk|>` standing for each slice's filler run."""
-        unk = UNK
-        text = f"{IMAGE_ID_START}{index}{IMAGE_ID_END}{IMAGE_START}{unk}{IMAGE_END}"
+        text = f"{IMAGE_ID_START}{index}{IMAGE_ID_END}{IMAGE_START}{UNK}{IMAGE_END}"
         if image.grid is not None:
             cols, rows = image.grid
-            row_text = f"{SLICE_START}{unk}{SLICE_END}" * cols
+            row_text = f"{SLICE_START}{UNK}{SLICE_END}" * cols
             text += "\n".join([row_text] * rows)
         return text
 
