@@ -537,7 +537,14 @@ class MegrezOProcessor(ProcessorMixin):
             conversations = [conversations]
         if not isinstance(conversations, list | tuple) or not conversations:
             raise ValueError("empty message list: pass one conversation (a list of message dicts) or a list of them")
-        samples = [self.process_multimodal_inputs(c, add_generation_prompt, **kwargs) for c in conversations]
+        samples = []
+        for index, conversation in enumerate(conversations):
+            try:
+                samples.append(self.process_multimodal_inputs(conversation, add_generation_prompt, **kwargs))
+            except (ValueError, OSError) as error:
+                if len(conversations) == 1:
+                    raise
+                raise type(error)(f"conversation {index}: {error}") from error
         return self.data_collator(samples, padding_side)
 
 

@@ -399,3 +399,9 @@ def test_tokenizer_without_audio_markers_still_serves_text_and_images(processor)
     assert sample["image_encoding"]["image_bounds"].shape == (1, 3)
     with pytest.raises(ValueError, match=r"no token \['<\|speech\|>', '<\|/speech\|>'\] to mark audio"):
         bare.process_multimodal_inputs([{"role": "user", "content": {"audio": tone(1)}}])
+
+
+def test_errors_in_a_batch_name_the_conversation(processor):
+    good = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(ValueError, match=r"conversation 1: messages\[0\]: unknown role 'bot'"):
+        processor([good, [{"role": "bot", "content": "Hi"}]])
