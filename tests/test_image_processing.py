@@ -215,7 +215,7 @@ def test_save_and_auto_load_round_trip(tmp_path):
 def test_auto_load_from_release_config(tmp_path):
     config = {**release_config(), "auto_map": {"AutoImageProcessor": "image_processing_megrezo.MegrezOImageProcessor"}}
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
-    for name in ("image_processing_megrezo.py", "batch_format.py"):
+    for name in ("image_processing_megrezo.py", "batch_format.py", "audio_lengths.py"):
         shutil.copyfile(PACKAGE_DIR / name, tmp_path / name)
     loaded = AutoImageProcessor.from_pretrained(tmp_path, trust_remote_code=True)
     settings = (loaded.scale_resolution, loaded.max_slice_nums, loaded.patch_size, loaded.slice_mode)
