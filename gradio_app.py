@@ -6,8 +6,8 @@ Design, and why:
 - The conversation of a browser session lives in that session's `gr.State`, in the Chatbot's message format, and
   `to_model_messages` is the only place that turns it into `model.chat` messages (submit and regenerate both use
   it), so what the page shows is what the model reads.
-- Every request gets its own `TextIteratorStreamer` and generation thread; nothing about a request is stored on
-  the model or the app. One lock per model, and one queue slot shared by every event that generates
+- Every request gets its own streamer (`ReplyStreamer`) and generation thread; nothing about a request is stored
+  on the model or the app. One lock per model, and one queue slot shared by every event that generates
   (`concurrency_id`), make sure the model never runs two generations at once on its device, even when a stopped
   generation is still winding down.
 - Uploads and microphone recordings go to a fresh folder of this app (`GRADIO_TEMP_DIR`), and no other path is
@@ -18,6 +18,7 @@ Design, and why:
 
 import argparse
 import atexit
+import logging
 import os
 import queue
 import shutil
@@ -44,14 +45,17 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus")
 """What libsndfile decodes without ffmpeg; the microphone records WAV."""
 MAX_AUDIOS_PER_TURN = 1
-"""One spoken question per turn: the microphone/upload box or one audio file in the message, not both. The release's
-demos ask one audio per turn; a second clip is refused rather than silently dropped or merged."""
+"""[choice] One spoken question per turn: the recording box or one audio file in the message, not both. It keeps
+each request's audio work bounded and each turn one question; a second clip is refused with an error, never dropped
+or merged. Longer recordings are fine (the processor cuts them into 30 s clips)."""
 MAX_UPLOAD_SIZE = "50mb"
 
 RANDOM_WEIGHTS_NOTICE = (
     "⚠️ **Random weights.** No `--model_path` was given, so this app runs the tiny random test checkpoint: the "
     "pipeline is real, the replies are noise. Start it with `--model_path` pointing at Megrez-3B-Omni for real answers."
 )
+
+logger = logging.getLogger("megrezo.gradio_app")
 
 HistoryMessage = dict[str, Any]
 """A Chatbot message: {"role": ..., "content": [{"path": file} ..., {"type": "text", "text": ...}]}."""
@@ -62,7 +66,7 @@ class InputError(ValueError):
 
 
 def media_kind(path: str | Path) -> Literal["image", "audio"]:
-    """Images and audio are told apart by file suffix, the same way the file picker and the chat display do."""
+    """Images and audio are told apart by file suffix (the Chatbot, too, shows a file by its suffix's MIME type)."""
     suffix = Path(path).suffix.lower()
     if suffix in IMAGE_SUFFIXES:
         return "image"
@@ -117,29 +121,17 @@ def assistant_turn(text: str) -> HistoryMessage:
     return {"role": "assistant", "content": [text_part(text)]}
 
 
-def _file_path(part: dict[str, Any]) -> str | None:
-    """A file part as this app writes it ({"path"}) or as the Chatbot normalises it ({"type": "file", "file"})."""
-    if "path" in part:
-        return part["path"]
-    if part.get("type") == "file":
-        return part["file"]["path"]
-    return None
-
-
 def to_model_messages(history: list[HistoryMessage]) -> list[dict[str, Any]]:
     """The one translation from the page's history to `model.chat` messages: a turn with files becomes
     {"text", "image": [...], "audio": [...]}, a text-only turn a plain string."""
     messages = []
     for message in history:
-        parts = message["content"] if isinstance(message["content"], list) else [message["content"]]
         texts: list[str] = []
         media: dict[str, list[str]] = {"image": [], "audio": []}
-        for part in parts:
-            if isinstance(part, str):
-                texts.append(part)
-            elif (path := _file_path(part)) is not None:
-                media[media_kind(path)].append(path)
-            elif part.get("type") == "text":
+        for part in message["content"]:
+            if "path" in part:
+                media[media_kind(part["path"])].append(part["path"])
+            else:
                 texts.append(part["text"])
         text = "\n".join(texts)
         if media["image"] or media["audio"]:
@@ -276,9 +268,12 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
                     # An empty reply adds no turn: the processor refuses empty turns in the next request.
                     answered = history + [assistant_turn(text)] if text else history
                     yield answered, answered
-        except (ValueError, FileNotFoundError) as error:
+        except Exception as error:  # any failure: put the conversation back as it was, then say what went wrong
             yield rollback, rollback
-            raise gr.Error(str(error)) from error
+            if isinstance(error, ValueError | FileNotFoundError):
+                raise gr.Error(str(error)) from error
+            logger.exception("generation failed")
+            raise gr.Error(f"Generation failed ({type(error).__name__}: {error})") from error
 
     def submit(
         message: dict[str, Any] | None,
@@ -350,14 +345,21 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
                 )
                 with gr.Accordion("Generation", open=True):
                     greedy = gr.Checkbox(defaults.greedy, label="Greedy decoding (off: sample)")
-                    temperature = gr.Slider(0.05, 2.0, defaults.temperature, step=0.05, label="Temperature")
-                    top_p = gr.Slider(0.05, 1.0, defaults.top_p, step=0.05, label="Top-p")
-                    top_k = gr.Slider(1, 200, defaults.top_k, step=1, label="Top-k")
+                    sampling_knob = {"interactive": not defaults.greedy}  # greedy decoding ignores these three
+                    temperature = gr.Slider(
+                        0.05, 2.0, defaults.temperature, step=0.05, label="Temperature", **sampling_knob
+                    )
+                    top_p = gr.Slider(0.05, 1.0, defaults.top_p, step=0.05, label="Top-p", **sampling_knob)
+                    top_k = gr.Slider(1, 200, defaults.top_k, step=1, label="Top-k", **sampling_knob)
                     repetition_penalty = gr.Slider(
                         1.0, 2.0, defaults.repetition_penalty, step=0.05, label="Repetition penalty"
                     )
                     max_new_tokens = gr.Slider(1, 2048, defaults.max_new_tokens, step=1, label="Max new tokens")
         controls = [greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens]
+        greedy.change(
+            lambda on: [gr.Slider(interactive=not on)] * 3, greedy, [temperature, top_p, top_k],
+            queue=False, api_name=False,
+        )
 
         generating = {"concurrency_id": "model", "concurrency_limit": 1}
         submitted = textbox.submit(

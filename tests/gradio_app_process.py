@@ -1,5 +1,5 @@
-"""Runs gradio_app.py as a user would (its own process, 127.0.0.1, a free port) for the app's API and browser tests,
-and makes the small media files they send. Not a test module: the tests import it."""
+"""Shared by the app's API and browser tests: runs gradio_app.py as a user would (its own process, 127.0.0.1, a free
+port), makes the small media files they send, and picks inputs the random model answers. Not a test module."""
 
 import os
 import signal
@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile
 from PIL import Image, ImageDraw
 
@@ -79,3 +80,18 @@ def write_speech(path: Path, seconds: float = 1.5) -> Path:
     wave = 0.3 * np.sin(2 * np.pi * (220 + 180 * t) * t) + 0.1 * np.sin(2 * np.pi * 660 * t)
     soundfile.write(path, wave.astype(np.float32), 16000)
     return path
+
+
+def first_answered(model, candidates: list[list[dict]], max_new_tokens: int, min_chars: int) -> tuple[list, str]:
+    """The first candidate conversation whose greedy reply has at least `min_chars` characters, and that reply.
+
+    The tiny model's weights are random and change with the package's code, and much of what it generates is
+    special tokens, which the reply leaves out: to some inputs it says little or nothing. A test that needs a reply
+    to compare or to watch stream picks its input from a few candidates instead of depending on what one
+    checkpoint happens to say.
+    """
+    for conversation in candidates:
+        reply = model.chat(conversation, sampling=False, max_new_tokens=max_new_tokens)
+        if len(reply) >= min_chars:
+            return conversation, reply
+    pytest.fail(f"the tiny model gives no reply of {min_chars}+ characters to any of {len(candidates)} candidates")

@@ -10,8 +10,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
-from gradio_app_process import running_app, write_image, write_speech
+from gradio_app_process import REPO, first_answered, running_app, write_image, write_speech
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -22,8 +23,14 @@ MAX_NEW = 32
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
-    with running_app(tmp_path_factory.mktemp("gradio_app"), "--model_path", str(tiny_checkpoint)) as url:
+def app_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The app's log and, inside, its upload folder."""
+    return tmp_path_factory.mktemp("gradio_app")
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_checkpoint: Path, app_folder: Path):
+    with running_app(app_folder, "--model_path", str(tiny_checkpoint)) as url:
         yield url
 
 
@@ -38,15 +45,18 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "image": write_image(folder / "shapes.png", seed=1),
         "image2": write_image(folder / "circles.png", seed=2),
         "speech": write_speech(folder / "tones.wav"),
+        "speech_short": write_speech(folder / "short.wav", seconds=1.0),
+        "speech_long": write_speech(folder / "long.wav", seconds=3.0),
         "corrupt": corrupt,
         "notes": notes,
     }
 
 
-def send(client: Client, text: str, files: tuple[Path, ...] = (), recording: Path | None = None):
-    """One submit through the app's `chat` endpoint; returns the final chat history and every streamed update."""
+def send(client: Client, text: str, images: tuple[Path, ...] = (), recording: Path | None = None):
+    """One submit through the app's `chat` endpoint, images attached to the message and audio in the recording box.
+    Returns the final chat history and every streamed update of it."""
     job = client.submit(
-        message={"text": text, "files": [handle_file(str(f)) for f in files]},
+        message={"text": text, "files": [handle_file(str(f)) for f in images]},
         recording=handle_file(str(recording)) if recording else None,
         max_new_tokens=MAX_NEW,
         api_name="/chat",
@@ -55,9 +65,35 @@ def send(client: Client, text: str, files: tuple[Path, ...] = (), recording: Pat
     return history, [update[0] for update in job.outputs()]
 
 
-def last_reply(history: list[dict]) -> str:
-    assert history[-1]["role"] == "assistant", history[-1]
-    return "".join(part["text"] for part in history[-1]["content"] if part["type"] == "text")
+def send_turn(client: Client, message: dict):
+    """Sends a user turn written as a `model.chat` message (at most one audio, which goes to the recording box)."""
+    content = message["content"]
+    if isinstance(content, str):
+        return send(client, content)
+    audio = content.get("audio", [])
+    return send(client, content["text"], tuple(Path(p) for p in content.get("image", [])), audio[0] if audio else None)
+
+
+def user(text: str, images: tuple[Path, ...] = (), audios: tuple[Path, ...] = ()) -> dict:
+    """A user turn as `model.chat` takes it."""
+    if not images and not audios:
+        return {"role": "user", "content": text}
+    content: dict = {"text": text}
+    if images:
+        content["image"] = [str(p) for p in images]
+    if audios:
+        content["audio"] = [str(p) for p in audios]
+    return {"role": "user", "content": content}
+
+
+def reply_shown(history: list[dict]) -> str:
+    """The reply after the last user turn; "" when there is none (the app adds no turn for an empty reply)."""
+    last = history[-1]
+    return "".join(part["text"] for part in last["content"] if part["type"] == "text") if last["role"] == "assistant" else ""
+
+
+def answered(conversation: list[dict], reply: str) -> list[dict]:
+    return conversation + [{"role": "assistant", "content": reply}] if reply else conversation
 
 
 def reference(model, conversation: list[dict]) -> str:
@@ -65,67 +101,77 @@ def reference(model, conversation: list[dict]) -> str:
 
 
 def test_image_and_audio_turn_then_follow_up_equal_model_chat(app_url, tiny_model, media):
+    image, speech = media["image"], media["speech"]
+    questions = ["What do you see and hear?", "Describe the picture and the sound.", "What is this?", "Why?"]
+    candidates = [[user(q, (image,), (speech,))] for q in questions]
+    first, reply = first_answered(tiny_model, candidates, MAX_NEW, min_chars=3)
+    question = first[0]["content"]["text"]
     client = Client(app_url, verbose=False)
-    question = "What do you see and hear?"
-    history, updates = send(client, question, files=(media["image"],), recording=media["speech"])
-    first = [{"role": "user", "content": {"text": question, "image": [str(media["image"])],
-                                          "audio": [str(media["speech"])]}}]
-    reply = last_reply(history)
-    assert reply == reference(tiny_model, first)
+    history, _ = send(client, question, (image,), speech)
+    assert reply_shown(history) == reply
     # The comparison can tell: without the media the random model says something else.
-    assert reply != reference(tiny_model, [{"role": "user", "content": question}])
-    # The user's turn shows its image and audio inline (as files), in that order, then the text.
+    assert reply != reference(tiny_model, [user(question)])
+    # The user's turn shows its image and audio inline (as files), then the text.
     shown = [Path(part["file"]).name if part["type"] == "file" else part["text"] for part in history[0]["content"]]
     assert shown == ["shapes.png", "tones.wav", question]
-    # Streamed: the first update shows the question alone, then the reply grows before it is complete.
-    assert [m["role"] for m in updates[0]] == ["user"]
-    partial = [last_reply(u) for u in updates if u[-1]["role"] == "assistant" and last_reply(u) != reply]
-    assert partial and all(reply.startswith(text) for text in partial), (partial, reply)
 
     follow_up = "And which colours are there?"
     history, _ = send(client, follow_up)
-    second = first + [{"role": "assistant", "content": reply}, {"role": "user", "content": follow_up}]
-    assert last_reply(history) == reference(tiny_model, second)
-    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    second = answered(first, reply) + [user(follow_up)]
+    assert reply_shown(history) == reference(tiny_model, second)
+    assert [m["role"] for m in history[:3]] == ["user", "assistant", "user"]
+
+
+def test_reply_streams_in_growing_pieces(app_url, tiny_model):
+    questions = ["Name three animals.", "What is rain?", "Count to ten.", "Tell me a story.", "How do birds fly?"]
+    conversation, reply = first_answered(tiny_model, [[user(q)] for q in questions], MAX_NEW, min_chars=16)
+    history, updates = send(Client(app_url, verbose=False), conversation[0]["content"])
+    assert reply_shown(history) == reply
+    # The first update shows the question alone, then the reply grows before it is complete.
+    assert [m["role"] for m in updates[0]] == ["user"]
+    partial = {reply_shown(u) for u in updates} - {"", reply}
+    assert partial and all(reply.startswith(text) for text in partial), (partial, reply)
 
 
 def test_regenerate_and_clear(app_url, tiny_model, media):
+    candidates = [[user(q, (media["image2"],))] for q in ("Describe this.", "What is it?", "Tell me about it.")]
+    first, reply = first_answered(tiny_model, candidates, MAX_NEW, min_chars=3)
     client = Client(app_url, verbose=False)
-    history, _ = send(client, "Describe this.", files=(media["image2"],))
+    history, _ = send_turn(client, first[0])
+    assert reply_shown(history) == reply
     regenerated = client.predict(max_new_tokens=MAX_NEW, api_name="/regenerate")
     # Greedy: the same reply again, in place of the old one.
     assert [m["role"] for m in regenerated] == ["user", "assistant"]
-    assert last_reply(regenerated) == last_reply(history)
+    assert reply_shown(regenerated) == reply
 
     client.predict(api_name="/clear")
     history, _ = send(client, "Hello there")
-    assert [m["role"] for m in history] == ["user", "assistant"]
-    assert last_reply(history) == reference(tiny_model, [{"role": "user", "content": "Hello there"}])
+    assert history[0]["role"] == "user" and len(history) <= 2  # the earlier turns are gone
+    assert reply_shown(history) == reference(tiny_model, [user("Hello there")])
 
 
 def test_four_sessions_at_once_each_get_their_own_reply(app_url, tiny_model, media):
-    openers = [("Tell me a story.", ()), ("Why is the sky blue?", ()), ("Count to ten.", ()),
-               ("What is in this picture?", (media["image"],))]
+    # Two plain questions, one about an image, one spoken; each picked so that it gets a reply.
+    clips = [media[clip] for clip in ("speech_short", "speech", "speech_long")]
+    slots = [
+        [[user(q)] for q in ("Tell me a story.", "Count to ten.", "Name three animals.")],
+        [[user(q)] for q in ("Why is the sky blue?", "What is rain?", "How do birds fly?")],
+        [[user(q, (media["image"],))] for q in ("What is in this picture?", "Which shapes are these?", "Colours?")],
+        [[user(text, audios=(clip,))] for text in ("", "Answer the question.") for clip in clips],
+    ]
+    openers, replies = zip(*(first_answered(tiny_model, slot, MAX_NEW, min_chars=3) for slot in slots), strict=True)
+    assert len(set(replies)) == len(replies), "the check needs four different replies"
     clients = [Client(app_url, verbose=False) for _ in openers]
 
-    def conversation(text: str, files: tuple[Path, ...]) -> list[dict]:
-        content = {"text": text, "image": [str(f) for f in files]} if files else text
-        return [{"role": "user", "content": content}]
-
     with ThreadPoolExecutor(len(clients)) as pool:
-        histories = list(pool.map(lambda job: send(job[0], *job[1])[0], zip(clients, openers, strict=True)))
-        replies = [last_reply(h) for h in histories]
-        expected = [reference(tiny_model, conversation(*opener)) for opener in openers]
-        assert replies == expected
-        assert len(set(replies)) == len(replies), "the check needs four different replies"
+        histories = list(pool.map(lambda client, opener: send_turn(client, opener[0])[0], clients, openers))
+        assert [reply_shown(h) for h in histories] == list(replies)
 
         # Each session keeps its own context for the next turn.
         follow_ups = [f"Say more about point {i}." for i in range(len(clients))]
-        histories = list(pool.map(lambda job: send(*job)[0], zip(clients, follow_ups, strict=True)))
+        histories = list(pool.map(lambda client, text: send(client, text)[0], clients, follow_ups))
     for opener, reply, follow_up, history in zip(openers, replies, follow_ups, histories, strict=True):
-        longer = conversation(*opener) + [{"role": "assistant", "content": reply},
-                                          {"role": "user", "content": follow_up}]
-        assert last_reply(history) == reference(tiny_model, longer)
+        assert reply_shown(history) == reference(tiny_model, answered(opener, reply) + [user(follow_up)])
 
 
 BAD_INPUTS = {
@@ -141,10 +187,26 @@ def test_bad_input_shows_an_error_and_the_app_keeps_working(app_url, tiny_model,
     files, recording, text, message = BAD_INPUTS[case]
     client = Client(app_url, verbose=False)
     with pytest.raises(AppError, match=message):
-        send(client, text, files=tuple(media[f] for f in files), recording=media[recording] if recording else None)
+        send(client, text, tuple(media[f] for f in files), media[recording] if recording else None)
     history, _ = send(client, "Is it working now?")
     # The refused turn never entered the conversation.
-    assert last_reply(history) == reference(tiny_model, [{"role": "user", "content": "Is it working now?"}])
+    assert [m["role"] for m in history][:1] == ["user"] and len(history) <= 2
+    assert reply_shown(history) == reference(tiny_model, [user("Is it working now?")])
+
+
+def test_serves_only_its_own_uploads(app_url, app_folder, tiny_checkpoint, media):
+    client = Client(app_url, verbose=False)
+    send(client, "Look.", (media["image2"],))
+    uploads = [p for p in app_folder.glob("megrezo-gradio-*/**/circles.png")]
+    assert uploads, "the upload should sit in the app's own folder"
+
+    def status(path: Path) -> int:
+        return httpx.get(f"{app_url}gradio_api/file={path}").status_code
+
+    assert status(uploads[0]) == 200
+    # Not the original beside the test, nor the checkpoint, the app's source (its working directory) or the log.
+    for outside in (media["image2"], tiny_checkpoint / "config.json", REPO / "gradio_app.py", app_folder / "app.log"):
+        assert status(outside) == 403, outside
 
 
 class ConcurrencyProbe:
@@ -177,7 +239,7 @@ def test_engine_runs_one_generation_at_a_time_with_its_own_streamer(tiny_model):
     probe = ConcurrencyProbe(tiny_model)
     engine = gradio_app.ChatEngine(probe, tiny_model.chat_processor())
     sampling = gradio_app.Sampling(max_new_tokens=MAX_NEW)
-    questions = [[{"role": "user", "content": f"Question number {i}?"}] for i in range(4)]
+    questions = [[user(f"Question number {i}?")] for i in range(4)]
 
     def final(messages):
         *_, last = engine.stream(messages, sampling)
@@ -192,9 +254,10 @@ def test_engine_runs_one_generation_at_a_time_with_its_own_streamer(tiny_model):
 def test_closing_a_stream_stops_its_generation_and_frees_the_model(tiny_model):
     probe = ConcurrencyProbe(tiny_model)
     engine = gradio_app.ChatEngine(probe, tiny_model.chat_processor())
-    long = gradio_app.Sampling(max_new_tokens=2000)
-    question = [{"role": "user", "content": "Tell me a story."}]
-    stream = engine.stream(question, long)
+    # A question with a long reply, so that the generation is still running when the stream is closed.
+    stories = [[user(q)] for q in ("Tell me a story.", "Count to ten.", "Name three animals.", "What is rain?")]
+    question, _ = first_answered(tiny_model, stories, MAX_NEW, min_chars=12)
+    stream = engine.stream(question, gradio_app.Sampling(max_new_tokens=2000))
     next(stream)  # the first tokens are out
     stream.close()  # what Gradio does on Stop, Clear or a closed page
     short = gradio_app.Sampling(max_new_tokens=MAX_NEW)
@@ -208,7 +271,7 @@ def test_history_to_model_messages(tmp_path):
     history = [
         {"role": "user", "content": [{"path": str(image)}, {"path": str(speech)}, {"type": "text", "text": "Hi"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "  two\n  lines "}]},
-        {"role": "user", "content": [{"type": "file", "file": {"path": str(speech)}}]},
+        {"role": "user", "content": [{"path": str(speech)}]},
         {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
         {"role": "user", "content": [{"type": "text", "text": "Bye"}]},
     ]

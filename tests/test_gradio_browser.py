@@ -1,8 +1,8 @@
 """The Gradio app in a real headless Chromium (Debian's `chromium`, driven by Playwright; no browser download).
 
 The app runs as a user starts it with no arguments (the tiny random checkpoint and its notice). The test uploads an
-image and a speech file, asks, watches the reply stream in, regenerates, sends an unsupported file, and clears; on
-the way it saves the README's screenshot, assets/gradio_demo.png. Reply texts are checked against `model.chat` by
+image and a speech file, asks, saves the README's screenshot (assets/gradio_demo.png), asks a follow-up and watches
+its reply stream in, regenerates, sends an unsupported file, clears, and asks again. Reply texts are checked against `model.chat` by
 the API tests; here the page itself is under test.
 """
 
@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from gradio_app_process import REPO, running_app, write_image, write_speech
+from gradio_app_process import REPO, first_answered, running_app, write_image, write_speech
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -70,60 +70,82 @@ def wait_for_reply(page) -> None:
     page.wait_for_function(f"document.querySelector(\"{TRACKER}\").classList.contains('hide')")
 
 
-def test_chat_in_the_browser(page, tmp_path):
+def user(text: str, image: Path | None = None, speech: Path | None = None) -> dict:
+    content = {"text": text, "image": [str(image)], "audio": [str(speech)]} if image else text
+    return {"role": "user", "content": content}
+
+
+def send(page, text: str) -> None:
+    page.locator("#message textarea").fill(text)
+    page.locator("#message textarea").press("Enter")
+
+
+def test_chat_in_the_browser(page, tiny_model, tmp_path):
     image = write_image(tmp_path / "shapes.png", seed=3)
     speech = write_speech(tmp_path / "question.wav")
     notes = tmp_path / "notes.txt"
     notes.write_text("not an image\n")
+    budget = int(MAX_NEW_TOKENS)
+    # Questions the random model answers (the second at some length, to watch it grow), picked by model.chat.
+    first, first_reply = first_answered(tiny_model, [
+        [user(q, image, speech)] for q in ("What is in this picture, and what do you hear?", "Describe both.", "Why?")
+    ], budget, min_chars=3)
+    context = first + [{"role": "assistant", "content": first_reply}]
+    second, _ = first_answered(tiny_model, [
+        context + [user(q)] for q in ("Tell me more.", "What colours are the shapes?", "Go on.", "And then?")
+    ], budget, min_chars=20)
+    fresh, _ = first_answered(tiny_model, [[user(q)] for q in ("Hello", "Hi there", "Good morning")], budget, 3)
+    question, follow_up, greeting = first[0]["content"]["text"], second[-1]["content"], fresh[0]["content"]
 
     assert "Random weights" in page.locator("#random-weights-notice").inner_text()
     max_tokens = page.get_by_label("number input for Max new tokens")
     max_tokens.fill(MAX_NEW_TOKENS)
     max_tokens.press("Tab")
 
-    # A turn with an image (in the message) and speech (in the audio box), then the question.
+    # A turn with speech (in the audio box) and an image (in the message), then the question.
     page.locator("#audio-input button[aria-label='Upload file']").click()
     page.locator("#audio-input input[type=file]").set_input_files(speech)
     page.wait_for_selector("#audio-input audio", state="attached")
     page.locator("#message input[type=file]").set_input_files(image)
     page.wait_for_selector("#message img")
-    page.locator("#message textarea").fill("What is in this picture, and what do you hear?")
-    page.evaluate(RECORD_REPLIES, BOT)
-    page.locator("#message textarea").press("Enter")
+    send(page, question)
     wait_for_reply(page)
-
-    final = page.locator(BOT).last.inner_text()
-    seen = [text for text in page.evaluate("window.replyTexts") if text]
-    assert final and seen[-1] == final
-    assert len(seen) >= 3, f"the reply should arrive in pieces, the page showed {seen}"
+    assert page.locator(BOT).count() == 1 and page.locator(BOT).last.inner_text()
     assert page.locator(f"{USER} img").count() == 1 and page.locator(f"{USER} audio").count() == 1
-    assert "What is in this picture" in page.locator(USER).last.inner_text()
+    assert page.locator(USER).last.inner_text() == question
     assert page.locator("#message textarea").input_value() == ""  # the box is ready for the next question
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOT, full_page=True)
 
-    # Regenerate replaces the reply (greedy: with the same text), it does not add one.
+    # A follow-up in the same conversation; its reply streams in: the page shows it growing.
+    page.evaluate(RECORD_REPLIES, BOT)
+    send(page, follow_up)
+    wait_for_reply(page)
+    final = page.locator(BOT).last.inner_text()
+    seen = [text for text in page.evaluate("window.replyTexts") if text]
+    assert page.locator(BOT).count() == 2 and final and seen[-1] == final
+    assert len(seen) >= 3, f"the reply should arrive in pieces, the page showed {seen}"
+
+    # Regenerate replaces the last reply (greedy: with the same text), it does not add one.
     page.locator("#regenerate").click()
     wait_for_reply(page)
-    assert page.locator(BOT).count() == 1
+    assert page.locator(BOT).count() == 2
     assert page.locator(BOT).last.inner_text() == final
 
     # A file the model cannot take: an error in the page, and the conversation is as it was.
     page.locator("#message input[type=file]").set_input_files(notes)
-    page.locator("#message textarea").fill("And this?")
-    page.locator("#message textarea").press("Enter")
+    send(page, "And this?")
     error = page.locator(".toast-body.error").first
     error.wait_for()
     assert "Unsupported file type '.txt' (notes.txt)" in error.inner_text()
-    assert page.locator(BOT).count() == 1 and page.locator(USER).count() >= 1
+    assert page.locator(BOT).count() == 2
 
     page.locator("#clear").click()
     page.wait_for_function(f"document.querySelectorAll(\"{BOT}\").length === 0")
     assert page.locator(USER).count() == 0
     assert page.locator("#message textarea").input_value() == ""
 
-    # Still working after all that: a plain question gets a reply.
-    page.locator("#message textarea").fill("Hello")
-    page.locator("#message textarea").press("Enter")
+    # Still working after all that: a new conversation gets a reply.
+    send(page, greeting)
     wait_for_reply(page)
-    assert page.locator(BOT).count() == 1 and page.locator(BOT).last.inner_text()
+    assert page.locator(USER).count() == 1 and page.locator(BOT).count() == 1
