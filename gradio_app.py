@@ -236,7 +236,7 @@ class ChatEngine:
                             messages, streamer=streamer, processor=self.processor, **sampling.chat_kwargs()
                         )
             except GenerationStopped:
-                pass
+                logger.info("generation stopped after %d tokens", len(streamer.tokens))
             except Exception as error:  # handed over to the request's thread, which raises it below
                 outcome["error"] = error
             finally:
@@ -418,6 +418,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     args = parser.parse_args()
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
 
     notice = None
     model_path = args.model_path

@@ -7,6 +7,7 @@ two guarantees the API cannot see: the model never runs two generations at once,
 """
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,15 +53,20 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def send(client: Client, text: str, images: tuple[Path, ...] = (), recording: Path | None = None):
-    """One submit through the app's `chat` endpoint, images attached to the message and audio in the recording box.
-    Returns the final chat history and every streamed update of it."""
-    job = client.submit(
+def submit(client: Client, text: str, images: tuple[Path, ...] = (), recording: Path | None = None, **controls):
+    """Starts one submit through the app's `chat` endpoint, images attached to the message and audio in the
+    recording box; `controls` are the generation settings (the app's defaults, and MAX_NEW new tokens, otherwise)."""
+    return client.submit(
         message={"text": text, "files": [handle_file(str(f)) for f in images]},
         recording=handle_file(str(recording)) if recording else None,
-        max_new_tokens=MAX_NEW,
+        **{"max_new_tokens": MAX_NEW, **controls},
         api_name="/chat",
     )
+
+
+def send(client: Client, text: str, images: tuple[Path, ...] = (), recording: Path | None = None, **controls):
+    """One submit, to its end: returns the final chat history and every streamed update of it."""
+    job = submit(client, text, images, recording, **controls)
     history = job.result(timeout=120)[0]
     return history, [update[0] for update in job.outputs()]
 
@@ -131,6 +137,35 @@ def test_reply_streams_in_growing_pieces(app_url, tiny_model):
     assert [m["role"] for m in updates[0]] == ["user"]
     partial = {reply_shown(u) for u in updates} - {"", reply}
     assert partial and all(reply.startswith(text) for text in partial), (partial, reply)
+
+
+def test_sampling_controls_reach_the_model(app_url, tiny_model):
+    questions = ["Name three animals.", "What is rain?", "Count to ten.", "Tell me a story.", "How do birds fly?"]
+    conversation, greedy_reply = first_answered(tiny_model, [[user(q)] for q in questions], MAX_NEW, min_chars=16)
+    client = Client(app_url, verbose=False)
+    question = conversation[0]["content"]
+    # Sampling from the top-1 token is greedy decoding, whatever the temperature: only if top_k reaches generate.
+    history, _ = send(client, question, greedy=False, temperature=2.0, top_k=1, top_p=1.0)
+    assert reply_shown(history) == greedy_reply
+    client.predict(api_name="/clear")
+    # Hot sampling from the whole vocabulary leaves the greedy path at once.
+    history, _ = send(client, question, greedy=False, temperature=2.0, top_k=200, top_p=1.0)
+    assert reply_shown(history) != greedy_reply
+
+
+def test_stop_ends_the_generation_and_keeps_the_partial_reply(app_url, app_folder, tiny_model):
+    questions = ["Tell me a story.", "Count to ten.", "Name three animals.", "What is rain?"]
+    conversation, _ = first_answered(tiny_model, [[user(q)] for q in questions], MAX_NEW, min_chars=12)
+    client = Client(app_url, verbose=False)
+    job = submit(client, conversation[0]["content"], max_new_tokens=2000)
+    while not any(reply_shown(update[0]) for update in job.outputs()):
+        assert not job.done(), "the reply ended before it could be stopped"
+        time.sleep(0.02)
+    job.cancel()  # what the Stop button does
+    history, _ = send(client, "Is it over?")
+    assert [m["role"] for m in history[:3]] == ["user", "assistant", "user"]
+    assert 0 < len(history[1]["content"][0]["text"])
+    assert "generation stopped after" in (app_folder / "app.log").read_text()
 
 
 def test_regenerate_and_clear(app_url, tiny_model, media):
