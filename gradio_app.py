@@ -96,6 +96,8 @@ def user_turn(text: str, files: list[str], recording: str | None) -> HistoryMess
     if not text and not attachments:
         raise InputError("Empty message: type a question, or attach an image or an audio clip.")
     kinds = [media_kind(path) for path in attachments]
+    if recording and kinds[-1] != "audio":
+        raise InputError(f"The speech box takes audio, not {Path(recording).name}; attach images to the message.")
     audios = [Path(path).name for path, kind in zip(attachments, kinds, strict=True) if kind == "audio"]
     if len(audios) > MAX_AUDIOS_PER_TURN:
         raise InputError(

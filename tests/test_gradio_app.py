@@ -214,6 +214,7 @@ BAD_INPUTS = {
     "two audio clips in one turn": (("speech",), "speech", "x", r"Too many audio clips in one turn \(2: "),
     "empty message": ((), None, "   ", r"Empty message"),
     "corrupt image": (("corrupt",), None, "x", r"Could not read the image broken\.png: corrupt or unsupported"),
+    "image in the speech box": ((), "image", "x", r"The speech box takes audio, not shapes\.png"),
 }
 
 

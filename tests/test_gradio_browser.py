@@ -2,7 +2,8 @@
 
 The app runs as a user starts it with no arguments (the tiny random checkpoint and its notice). The test uploads an
 image and a speech file, asks, saves the README's screenshot (assets/gradio_demo.png), asks a follow-up and watches
-its reply stream in, regenerates, sends an unsupported file, clears, and asks again. Reply texts are checked against `model.chat` by
+its reply stream in, regenerates, sends an unsupported file, clears, asks again, and asks with speech recorded from
+Chromium's fake microphone. Reply texts are checked against `model.chat` by
 the API tests; here the page itself is under test.
 """
 
@@ -20,6 +21,8 @@ pytestmark = pytest.mark.skipif(
 CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
+    # A fake microphone (Chromium's test tone), allowed without a prompt, for the recording step.
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
 ]
 SCREENSHOT = REPO / "assets" / "gradio_demo.png"
 MAX_NEW_TOKENS = "96"
@@ -52,7 +55,7 @@ def page(app_url):
     with tempfile.TemporaryDirectory() as profile, sync_playwright() as playwright:
         browser = playwright.chromium.launch_persistent_context(
             profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 900},
+            viewport={"width": 1280, "height": 900}, permissions=["microphone"],
         )
         try:
             page = browser.new_page()
@@ -139,6 +142,8 @@ def test_chat_in_the_browser(page, tiny_model, tmp_path):
     error.wait_for()
     assert "Unsupported file type '.txt' (notes.txt)" in error.inner_text()
     assert page.locator(BOT).count() == 2
+    page.locator("[data-testid='toast-close']").first.click()
+    page.wait_for_selector(".toast-body.error", state="detached")
 
     page.locator("#clear").click()
     page.wait_for_function(f"document.querySelectorAll(\"{BOT}\").length === 0")
@@ -149,3 +154,14 @@ def test_chat_in_the_browser(page, tiny_model, tmp_path):
     send(page, greeting)
     wait_for_reply(page)
     assert page.locator(USER).count() == 1 and page.locator(BOT).count() == 1
+
+    # Speech from the microphone: the browser records WAV, the app takes it (no error) and shows it in the turn.
+    page.locator("#audio-input button[aria-label='Record audio']").click()
+    page.locator("#audio-input button:has-text('Record')").first.click()
+    page.wait_for_timeout(1500)
+    page.locator("#audio-input button:has-text('Stop')").first.click()
+    page.wait_for_selector("#audio-input audio", state="attached")
+    send(page, "What did I say?")
+    wait_for_reply(page)
+    assert page.locator(".toast-body.error").count() == 0
+    assert page.locator(f"{USER} audio").count() == 1 and page.locator(USER).last.inner_text() == "What did I say?"
