@@ -10,8 +10,8 @@ Design, and why:
   on the model or the app. One lock per model, and one queue slot shared by every event that generates
   (`concurrency_id`), make sure the model never runs two generations at once on its device, even when a stopped
   generation is still winding down.
-- Uploads and microphone recordings go to a fresh folder of this app (`GRADIO_TEMP_DIR`), and no other path is
-  allowed, so the server hands out only files that users sent it.
+- Uploads and microphone recordings go to a fresh folder of this app (`GRADIO_TEMP_DIR`), removed when the app
+  ends, and no other path is allowed, so the server hands out only files that users sent it.
 - Bad input (empty message, unsupported or unreadable file, too many audio clips) is refused with a `gr.Error`
   before the turn enters the history, so the conversation stays usable.
 """
@@ -417,8 +417,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--host", default="127.0.0.1", help="use 0.0.0.0 to serve other machines")
     parser.add_argument("--share", type=parse_bool, default=False, help="true: also open a public gradio.live link")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: bfloat16 on a GPU, float32 on the CPU")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)

@@ -31,7 +31,7 @@ def free_port() -> int:
 @contextmanager
 def running_app(folder: Path, *app_args: str) -> Iterator[str]:
     """Starts the app, waits until it answers HTTP, yields its URL, and always ends it (Ctrl-C, then kill). Its log
-    and its upload folder go to `folder`. Ending takes a few seconds: Gradio waits for clients to hang up."""
+    and its upload folder go to `folder`."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "GRADIO_TEMP_DIR": str(folder)}
     command = [sys.executable, str(REPO / "gradio_app.py"), "--host", "127.0.0.1", "--port", str(port), *app_args]
@@ -54,9 +54,11 @@ def running_app(folder: Path, *app_args: str) -> Iterator[str]:
                 time.sleep(0.5)
         yield url
     finally:
+        # Ctrl-C first; Gradio then waits up to 5 s for clients to hang up, which tests need not sit through (the
+        # upload folder is inside `folder`, so a kill leaves nothing behind outside the test's temporary files).
         app.send_signal(signal.SIGINT)
         try:
-            app.wait(timeout=15)
+            app.wait(timeout=2)
         except subprocess.TimeoutExpired:
             app.kill()
             app.wait()

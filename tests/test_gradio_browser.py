@@ -25,7 +25,7 @@ CHROMIUM_FLAGS = [
     "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
 ]
 SCREENSHOT = REPO / "assets" / "gradio_demo.png"
-MAX_NEW_TOKENS = "96"
+MAX_NEW_TOKENS = "64"
 
 BOT = "#chatbot [data-testid='bot']"
 USER = "#chatbot [data-testid='user']"
@@ -96,7 +96,7 @@ def test_chat_in_the_browser(page, tiny_model, tmp_path):
     context = first + [{"role": "assistant", "content": first_reply}]
     second, _ = first_answered(tiny_model, [
         context + [user(q)] for q in ("Tell me more.", "What colours are the shapes?", "Go on.", "And then?")
-    ], budget, min_chars=20)
+    ], budget, min_chars=12)
     fresh, _ = first_answered(tiny_model, [[user(q)] for q in ("Hello", "Hi there", "Good morning")], budget, 3)
     question, follow_up, greeting = first[0]["content"]["text"], second[-1]["content"], fresh[0]["content"]
 
