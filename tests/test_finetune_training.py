@@ -55,22 +55,23 @@ CHAT_SCRIPT = """
 import json, sys
 sys.modules["megrezo"] = None  # the repository's package must not be needed
 from transformers import AutoModelForCausalLM, AutoProcessor
-folder, messages = sys.argv[1], json.loads(sys.argv[2])
-processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
-replies = []
-for conversation in messages:
-    ids = model.generate(**processor(conversation), max_new_tokens=8, do_sample=False)
-    replies.append(processor.tokenizer.decode(ids[0], skip_special_tokens=True))
-print(json.dumps({"model": type(model).__module__, "processor": type(processor).__module__, "replies": replies}))
+folders, conversations = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+results = []
+for folder in folders:
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
+    replies = [model.chat(conversation, max_new_tokens=8) for conversation in conversations]
+    results.append({"model": type(model).__module__, "processor": type(processor).__module__, "replies": replies})
+print(json.dumps(results))
 """
 
 
-def chat_outside_repo(folder: Path, conversations: list, tmp_path: Path) -> dict:
-    """Loads `folder` with the Auto classes in a process where `megrezo` cannot be imported and the repository is
-    not on the path, and generates a greedy reply per conversation."""
-    result = subprocess.run([PYTHON, "-c", CHAT_SCRIPT, str(folder), json.dumps(conversations)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": ""})
+def chat_outside_repo(folders: list[Path], conversations: list, tmp_path: Path) -> list[dict]:
+    """Loads each folder with the Auto classes in a process where `megrezo` cannot be imported and the repository
+    is not on the path, and lets the model chat (greedy) once per conversation."""
+    result = subprocess.run([PYTHON, "-c", CHAT_SCRIPT, json.dumps([str(f) for f in folders]),
+                             json.dumps(conversations)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -290,12 +291,12 @@ def test_zero2_two_processes_from_finetune_sh(tiny_checkpoint, tmp_path):
     assert state["global_step"] == 2 and losses and all(math.isfinite(loss) for loss in losses)
 
     image, audio = str(REPO / "data/train/images/red_square.jpg"), str(REPO / "data/train/audios/red.wav")
-    result = chat_outside_repo(output, [[{"role": "user", "content": {"text": "What is this?", "image": image}}],
-                                        [{"role": "user", "content": {"text": "Which word?", "audio": audio}}]],
-                               tmp_path)
-    assert result["model"].startswith("transformers_modules.") and result["processor"].startswith(
-        "transformers_modules.")
-    assert len(result["replies"]) == 2 and all(isinstance(reply, str) for reply in result["replies"])
+    conversations = [[{"role": "user", "content": {"text": "What is this?", "image": image}}],
+                     [{"role": "user", "content": {"text": "Which word?", "audio": audio}}]]
+    for result in chat_outside_repo([output, output / "checkpoint-2"], conversations, tmp_path):
+        assert result["model"].startswith("transformers_modules.")
+        assert result["processor"].startswith("transformers_modules.")
+        assert len(result["replies"]) == 2 and all(isinstance(reply, str) for reply in result["replies"])
 
 
 def test_zero3_ranks_with_different_media_do_not_hang(tiny_checkpoint, tmp_path):
