@@ -84,6 +84,18 @@ def write_speech(path: Path, seconds: float = 1.5) -> Path:
     return path
 
 
+def user_message(text: str, images: tuple[Path, ...] = (), audios: tuple[Path, ...] = ()) -> dict:
+    """A user turn as `model.chat` takes it."""
+    if not images and not audios:
+        return {"role": "user", "content": text}
+    content: dict = {"text": text}
+    if images:
+        content["image"] = [str(p) for p in images]
+    if audios:
+        content["audio"] = [str(p) for p in audios]
+    return {"role": "user", "content": content}
+
+
 def first_answered(model, candidates: list[list[dict]], max_new_tokens: int, min_chars: int) -> tuple[list, str]:
     """The first candidate conversation whose greedy reply has at least `min_chars` characters, and that reply.
 

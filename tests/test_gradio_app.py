@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gradio_app_process import REPO, first_answered, running_app, write_image, write_speech
+from gradio_app_process import REPO, first_answered, running_app, user_message, write_image, write_speech
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
@@ -80,18 +80,6 @@ def send_turn(client: Client, message: dict):
     return send(client, content["text"], tuple(Path(p) for p in content.get("image", [])), audio[0] if audio else None)
 
 
-def user(text: str, images: tuple[Path, ...] = (), audios: tuple[Path, ...] = ()) -> dict:
-    """A user turn as `model.chat` takes it."""
-    if not images and not audios:
-        return {"role": "user", "content": text}
-    content: dict = {"text": text}
-    if images:
-        content["image"] = [str(p) for p in images]
-    if audios:
-        content["audio"] = [str(p) for p in audios]
-    return {"role": "user", "content": content}
-
-
 def reply_shown(history: list[dict]) -> str:
     """The reply after the last user turn; "" when there is none (the app adds no turn for an empty reply)."""
     last = history[-1]
@@ -109,28 +97,28 @@ def reference(model, conversation: list[dict]) -> str:
 def test_image_and_audio_turn_then_follow_up_equal_model_chat(app_url, tiny_model, media):
     image, speech = media["image"], media["speech"]
     questions = ["What do you see and hear?", "Describe the picture and the sound.", "What is this?", "Why?"]
-    candidates = [[user(q, (image,), (speech,))] for q in questions]
+    candidates = [[user_message(q, (image,), (speech,))] for q in questions]
     first, reply = first_answered(tiny_model, candidates, MAX_NEW, min_chars=3)
     question = first[0]["content"]["text"]
     client = Client(app_url, verbose=False)
     history, _ = send(client, question, (image,), speech)
     assert reply_shown(history) == reply
     # The comparison can tell: without the media the random model says something else.
-    assert reply != reference(tiny_model, [user(question)])
+    assert reply != reference(tiny_model, [user_message(question)])
     # The user's turn shows its image and audio inline (as files), then the text.
     shown = [Path(part["file"]).name if part["type"] == "file" else part["text"] for part in history[0]["content"]]
     assert shown == ["shapes.png", "tones.wav", question]
 
     follow_up = "And which colours are there?"
     history, _ = send(client, follow_up)
-    second = answered(first, reply) + [user(follow_up)]
+    second = answered(first, reply) + [user_message(follow_up)]
     assert reply_shown(history) == reference(tiny_model, second)
     assert [m["role"] for m in history[:3]] == ["user", "assistant", "user"]
 
 
 def test_reply_streams_in_growing_pieces(app_url, tiny_model):
     questions = ["Name three animals.", "What is rain?", "Count to ten.", "Tell me a story.", "How do birds fly?"]
-    conversation, reply = first_answered(tiny_model, [[user(q)] for q in questions], MAX_NEW, min_chars=16)
+    conversation, reply = first_answered(tiny_model, [[user_message(q)] for q in questions], MAX_NEW, min_chars=16)
     history, updates = send(Client(app_url, verbose=False), conversation[0]["content"])
     assert reply_shown(history) == reply
     # The first update shows the question alone, then the reply grows before it is complete.
@@ -141,7 +129,7 @@ def test_reply_streams_in_growing_pieces(app_url, tiny_model):
 
 def test_sampling_controls_reach_the_model(app_url, tiny_model):
     questions = ["Name three animals.", "What is rain?", "Count to ten.", "Tell me a story.", "How do birds fly?"]
-    conversation, greedy_reply = first_answered(tiny_model, [[user(q)] for q in questions], MAX_NEW, min_chars=16)
+    conversation, greedy_reply = first_answered(tiny_model, [[user_message(q)] for q in questions], MAX_NEW, min_chars=16)
     client = Client(app_url, verbose=False)
     question = conversation[0]["content"]
     # Sampling from the top-1 token is greedy decoding, whatever the temperature: only if top_k reaches generate.
@@ -155,7 +143,7 @@ def test_sampling_controls_reach_the_model(app_url, tiny_model):
 
 def test_stop_ends_the_generation_and_keeps_the_partial_reply(app_url, app_folder, tiny_model):
     questions = ["Tell me a story.", "Count to ten.", "Name three animals.", "What is rain?"]
-    conversation, _ = first_answered(tiny_model, [[user(q)] for q in questions], MAX_NEW, min_chars=12)
+    conversation, _ = first_answered(tiny_model, [[user_message(q)] for q in questions], MAX_NEW, min_chars=12)
     client = Client(app_url, verbose=False)
     job = submit(client, conversation[0]["content"], max_new_tokens=2000)
     while not any(reply_shown(update[0]) for update in job.outputs()):
@@ -169,7 +157,7 @@ def test_stop_ends_the_generation_and_keeps_the_partial_reply(app_url, app_folde
 
 
 def test_regenerate_and_clear(app_url, tiny_model, media):
-    candidates = [[user(q, (media["image2"],))] for q in ("Describe this.", "What is it?", "Tell me about it.")]
+    candidates = [[user_message(q, (media["image2"],))] for q in ("Describe this.", "What is it?", "Tell me about it.")]
     first, reply = first_answered(tiny_model, candidates, MAX_NEW, min_chars=3)
     client = Client(app_url, verbose=False)
     history, _ = send_turn(client, first[0])
@@ -182,17 +170,17 @@ def test_regenerate_and_clear(app_url, tiny_model, media):
     client.predict(api_name="/clear")
     history, _ = send(client, "Hello there")
     assert history[0]["role"] == "user" and len(history) <= 2  # the earlier turns are gone
-    assert reply_shown(history) == reference(tiny_model, [user("Hello there")])
+    assert reply_shown(history) == reference(tiny_model, [user_message("Hello there")])
 
 
 def test_four_sessions_at_once_each_get_their_own_reply(app_url, tiny_model, media):
     # Two plain questions, one about an image, one spoken; each picked so that it gets a reply.
     clips = [media[clip] for clip in ("speech_short", "speech", "speech_long")]
     slots = [
-        [[user(q)] for q in ("Tell me a story.", "Count to ten.", "Name three animals.")],
-        [[user(q)] for q in ("Why is the sky blue?", "What is rain?", "How do birds fly?")],
-        [[user(q, (media["image"],))] for q in ("What is in this picture?", "Which shapes are these?", "Colours?")],
-        [[user(text, audios=(clip,))] for text in ("", "Answer the question.") for clip in clips],
+        [[user_message(q)] for q in ("Tell me a story.", "Count to ten.", "Name three animals.")],
+        [[user_message(q)] for q in ("Why is the sky blue?", "What is rain?", "How do birds fly?")],
+        [[user_message(q, (media["image"],))] for q in ("What is in this picture?", "Which shapes are these?", "Colours?")],
+        [[user_message(text, audios=(clip,))] for text in ("", "Answer the question.") for clip in clips],
     ]
     openers, replies = zip(*(first_answered(tiny_model, slot, MAX_NEW, min_chars=3) for slot in slots), strict=True)
     assert len(set(replies)) == len(replies), "the check needs four different replies"
@@ -206,7 +194,7 @@ def test_four_sessions_at_once_each_get_their_own_reply(app_url, tiny_model, med
         follow_ups = [f"Say more about point {i}." for i in range(len(clients))]
         histories = list(pool.map(lambda client, text: send(client, text)[0], clients, follow_ups))
     for opener, reply, follow_up, history in zip(openers, replies, follow_ups, histories, strict=True):
-        assert reply_shown(history) == reference(tiny_model, answered(opener, reply) + [user(follow_up)])
+        assert reply_shown(history) == reference(tiny_model, answered(opener, reply) + [user_message(follow_up)])
 
 
 BAD_INPUTS = {
@@ -227,7 +215,7 @@ def test_bad_input_shows_an_error_and_the_app_keeps_working(app_url, tiny_model,
     history, _ = send(client, "Is it working now?")
     # The refused turn never entered the conversation.
     assert [m["role"] for m in history][:1] == ["user"] and len(history) <= 2
-    assert reply_shown(history) == reference(tiny_model, [user("Is it working now?")])
+    assert reply_shown(history) == reference(tiny_model, [user_message("Is it working now?")])
 
 
 def test_serves_only_its_own_uploads(app_url, app_folder, tiny_checkpoint, media):
@@ -275,7 +263,7 @@ def test_engine_runs_one_generation_at_a_time_with_its_own_streamer(tiny_model):
     probe = ConcurrencyProbe(tiny_model)
     engine = gradio_app.ChatEngine(probe, tiny_model.chat_processor())
     sampling = gradio_app.Sampling(max_new_tokens=MAX_NEW)
-    questions = [[user(f"Question number {i}?")] for i in range(4)]
+    questions = [[user_message(f"Question number {i}?")] for i in range(4)]
 
     def final(messages):
         *_, last = engine.stream(messages, sampling)
@@ -291,7 +279,7 @@ def test_closing_a_stream_stops_its_generation_and_frees_the_model(tiny_model):
     probe = ConcurrencyProbe(tiny_model)
     engine = gradio_app.ChatEngine(probe, tiny_model.chat_processor())
     # A question with a long reply, so that the generation is still running when the stream is closed.
-    stories = [[user(q)] for q in ("Tell me a story.", "Count to ten.", "Name three animals.", "What is rain?")]
+    stories = [[user_message(q)] for q in ("Tell me a story.", "Count to ten.", "Name three animals.", "What is rain?")]
     question, _ = first_answered(tiny_model, stories, MAX_NEW, min_chars=12)
     stream = engine.stream(question, gradio_app.Sampling(max_new_tokens=2000))
     next(stream)  # the first tokens are out

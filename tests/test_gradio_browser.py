@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from gradio_app_process import REPO, first_answered, running_app, write_image, write_speech
+from gradio_app_process import REPO, first_answered, running_app, user_message, write_image, write_speech
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
@@ -73,11 +73,6 @@ def wait_for_reply(page) -> None:
     page.wait_for_function(f"document.querySelector(\"{TRACKER}\").classList.contains('hide')")
 
 
-def user(text: str, image: Path | None = None, speech: Path | None = None) -> dict:
-    content = {"text": text, "image": [str(image)], "audio": [str(speech)]} if image else text
-    return {"role": "user", "content": content}
-
-
 def send(page, text: str) -> None:
     page.locator("#message textarea").fill(text)
     page.locator("#message textarea").press("Enter")
@@ -91,13 +86,13 @@ def test_chat_in_the_browser(page, tiny_model, tmp_path):
     budget = int(MAX_NEW_TOKENS)
     # Questions the random model answers (the second at some length, to watch it grow), picked by model.chat.
     first, first_reply = first_answered(tiny_model, [
-        [user(q, image, speech)] for q in ("What is in this picture, and what do you hear?", "Describe both.", "Why?")
+        [user_message(q, (image,), (speech,))] for q in ("What is in this picture, and what do you hear?", "Describe both.", "Why?")
     ], budget, min_chars=3)
     context = first + [{"role": "assistant", "content": first_reply}]
     second, _ = first_answered(tiny_model, [
-        context + [user(q)] for q in ("Tell me more.", "What colours are the shapes?", "Go on.", "And then?")
+        context + [user_message(q)] for q in ("Tell me more.", "What colours are the shapes?", "Go on.", "And then?")
     ], budget, min_chars=12)
-    fresh, _ = first_answered(tiny_model, [[user(q)] for q in ("Hello", "Hi there", "Good morning")], budget, 3)
+    fresh, _ = first_answered(tiny_model, [[user_message(q)] for q in ("Hello", "Hi there", "Good morning")], budget, 3)
     question, follow_up, greeting = first[0]["content"]["text"], second[-1]["content"], fresh[0]["content"]
 
     assert "Random weights" in page.locator("#random-weights-notice").inner_text()
