@@ -27,6 +27,7 @@ TRAIN_DATA = REPO / "data" / "train" / "records.jsonl"
 PYTHON = sys.executable
 sys.path.insert(0, str(REPO / "finetune"))
 
+from dataset import TrainingCollator  # noqa: E402
 from modules import GROUPS, module_group  # noqa: E402
 from trainer import COMPLETE_MARKER  # noqa: E402
 
@@ -74,6 +75,42 @@ def chat_outside_repo(folders: list[Path], conversations: list, tmp_path: Path) 
                             env={**os.environ, "PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- idle media
+
+@pytest.mark.parametrize("present", ["image", "audio", None])
+def test_idle_media_change_neither_loss_nor_gradients(tiny_checkpoint, tiny_model, present):
+    """The collator adds a dummy image and/or clip to batches that lack them (so every encoder runs on every
+    rank); the loss and the gradients of the language model are those of the batch without them."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint, trust_remote_code=True)
+    processor.image_processor.scale_resolution = 56
+    content = {"text": "Say something."}
+    if present:
+        content[present] = str(REPO / ("data/train/images/red_square.jpg" if present == "image"
+                                       else "data/train/audios/red.wav"))
+    samples = [processor.process_multimodal_inputs(
+        [{"role": "user", "content": content}, {"role": "assistant", "content": {"text": reply}}],
+        add_generation_prompt=False, with_labels=True) for reply in ("yes", "no, not at all")]
+    plain = processor.data_collator(samples, padding_side="right")
+    padded = TrainingCollator(processor)(samples)
+    assert padded["input_ids"].shape[1] > plain["input_ids"].shape[1]
+    assert padded["image_encoding"] is not None and padded["audio_encoding"] is not None
+
+    def loss_and_grads(batch):
+        tiny_model.zero_grad()
+        loss = tiny_model(data=batch).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in tiny_model.llm.named_parameters() if p.grad is not None}
+
+    plain_loss, plain_grads = loss_and_grads(plain)
+    padded_loss, padded_grads = loss_and_grads(padded)
+    tiny_model.zero_grad()
+    assert padded_loss == pytest.approx(plain_loss, abs=1e-6)
+    assert plain_grads.keys() == padded_grads.keys()
+    assert all(torch.allclose(plain_grads[n], padded_grads[n], atol=1e-6) for n in plain_grads)
 
 
 # ---------------------------------------------------------------- learning proof
@@ -213,6 +250,11 @@ def test_lora_trains_only_adapters_and_merged_model_matches(tiny_checkpoint, tmp
     merged_state = merged.state_dict()
     changed = {name for name in original if not torch.equal(original[name], merged_state[name])}
     assert changed and all(".layers." in name and name.startswith("llm.") for name in changed), changed
+
+    from merge_lora import merge_lora
+
+    again = merge_lora(tiny_checkpoint, output / "adapter", tmp_path / "merged_again")
+    assert all(torch.equal(tensor, weights(output)[name]) for name, tensor in weights(again).items())
 
     batch = processor.data_collator(
         [processor.process_multimodal_inputs(
