@@ -68,7 +68,7 @@ def _decode(path: Path, kind: str) -> None:
 def check_line(text: str, prefix: Path, processor, model_max_length: int) -> tuple[list[dict] | None, list[str]]:
     """(conversation with absolute media paths, or None; problems) for one JSONL line."""
     try:
-        record = json.loads(text)
+        record = json.loads(text.strip())
     except json.JSONDecodeError as error:
         return None, [f"not valid JSON ({error})"]
     if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
