@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 FINETUNE = REPO / "finetune" / "finetune.py"
 TRAIN_DATA = REPO / "data" / "train" / "records.jsonl"
 PYTHON = sys.executable
-sys.path.insert(0, str(REPO / "finetune"))
+sys.path.append(str(REPO / "finetune"))  # the scripts import each other by name, as when run
 
 from dataset import TrainingCollator  # noqa: E402
 from modules import GROUPS, module_group  # noqa: E402

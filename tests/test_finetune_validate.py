@@ -10,7 +10,7 @@ import pytest
 import soundfile
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "finetune"))
+sys.path.append(str(REPO / "finetune"))  # the scripts import each other by name, as when run
 
 import validate_data  # noqa: E402
 
