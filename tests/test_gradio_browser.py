@@ -39,6 +39,8 @@ RECORD_REPLIES = """(selector) => {
     }).observe(document.querySelector("#chatbot"), {childList: true, subtree: true, characterData: true});
 }"""
 TRACKER = "#chatbot [data-testid='status-tracker']"
+AUDIO_UPLOADED = "#audio-input [data-testid='download-link']"
+"""The audio box links its file once the server has it (its player is there before, while recording too)."""
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +105,7 @@ def test_chat_in_the_browser(page, tiny_model, tmp_path):
     # A turn with speech (in the audio box) and an image (in the message), then the question.
     page.locator("#audio-input button[aria-label='Upload file']").click()
     page.locator("#audio-input input[type=file]").set_input_files(speech)
-    page.wait_for_selector("#audio-input audio", state="attached")
+    page.wait_for_selector(AUDIO_UPLOADED)
     page.locator("#message input[type=file]").set_input_files(image)
     page.wait_for_selector("#message img")
     send(page, question)
@@ -155,7 +157,7 @@ def test_chat_in_the_browser(page, tiny_model, tmp_path):
     page.locator("#audio-input button:has-text('Record')").first.click()
     page.wait_for_timeout(1500)
     page.locator("#audio-input button:has-text('Stop')").first.click()
-    page.wait_for_selector("#audio-input audio", state="attached")
+    page.wait_for_selector(AUDIO_UPLOADED)
     send(page, "What did I say?")
     wait_for_reply(page)
     assert page.locator(".toast-body.error").count() == 0
