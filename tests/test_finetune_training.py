@@ -77,6 +77,21 @@ def chat_outside_repo(folders: list[Path], conversations: list, tmp_path: Path) 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# ---------------------------------------------------------------- data checks before training
+
+def test_finetune_refuses_bad_data_with_line_numbers(tiny_checkpoint, tmp_path):
+    data = tmp_path / "data.jsonl"
+    good = TRAIN_DATA.read_text().splitlines()[0]
+    data.write_text(f"{good}\n{{broken\n{good.replace('images/red_square.jpg', 'images/absent.jpg')}\n")
+    result = subprocess.run(finetune_command(tiny_checkpoint, tmp_path / "out", "--max_steps", "1", data=data)
+                            + ["--dataset_prefix", str(TRAIN_DATA.parent)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "2 problem(s)" in result.stderr and "line 2: not valid JSON" in result.stderr, result.stderr[-3000:]
+    assert "line 3: messages[0]: image file not found: 'images/absent.jpg'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # ---------------------------------------------------------------- idle media
 
 @pytest.mark.parametrize("present", ["image", "audio", None])
