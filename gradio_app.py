@@ -2,6 +2,9 @@
 
     python gradio_app.py [--model_path PATH] [--port 7860] [--host 127.0.0.1] [--share false]
 
+The page's events are also an API (gradio_client): `/chat` (message {"text", "files"}, recording, generation
+settings), `/regenerate` and `/clear`, each within the caller's session.
+
 Design, and why:
 - The conversation of a browser session lives in that session's `gr.State`, in the Chatbot's message format, and
   `to_model_messages` is the only place that turns it into `model.chat` messages (submit and regenerate both use

@@ -2,8 +2,9 @@
 
 The app runs in its own process on 127.0.0.1 with the tiny checkpoint, as a user starts it. Its replies are greedy,
 so each must equal `tiny_model.chat` on the conversation the test says it sent; a dropped image, a lost turn or a
-reply from another session would change the reply of the random model. The in-process tests at the end check the
-two guarantees the API cannot see: the model never runs two generations at once, and a stop frees it.
+reply from another session would change the reply of the random model. The in-process tests at the end check what
+the API cannot see (the model never runs two generations at once; a closed stream stops its generation) and the
+history-to-messages translation by hand.
 """
 
 import threading
