@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from megrezo.processing_megrezo import MegrezOProcessor
@@ -74,7 +75,7 @@ def llm(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def greedy(processor):
-    return seed_sampling_params(processor, max_tokens=NEW_TOKENS, repetition_penalty=1.0)
+    return seed_sampling_params(processor, max_tokens=NEW_TOKENS, repetition_penalty=1.0, logprobs=0)
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,28 @@ def test_greedy_tokens_match_model_chat(name, alone, processor, tiny_model):
     vllm_tokens = reply_tokens(alone[name].outputs[0].token_ids, processor)
     assert len(hf_tokens) >= 32, "the reference stopped early; the comparison needs at least 32 tokens"
     assert vllm_tokens == hf_tokens
+
+
+def hf_token_logprobs(model, processor: MegrezOProcessor, messages: list[dict], tokens: list[int]) -> torch.Tensor:
+    """Log-probabilities the HF model gives `tokens` as the continuation of the conversation (one forward pass)."""
+    batch = processor([messages], padding_side="left")
+    prompt_length = batch["input_ids"].shape[1]
+    batch["input_ids"] = torch.cat([batch["input_ids"], torch.tensor([tokens])], dim=1)
+    with torch.no_grad():
+        logits = model.llm(inputs_embeds=model.compose_embeddings(batch)).logits[0].float()
+    positions = torch.arange(prompt_length - 1, prompt_length - 1 + len(tokens))
+    return logits.log_softmax(-1)[positions, torch.tensor(tokens)]
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_token_logprobs_match_the_hf_model(name, alone, processor, tiny_model):
+    """Tokens can agree while the media vectors are slightly off; the log-probabilities of the generated tokens
+    cannot: they must agree with the HF model's to float32 rounding."""
+    completion = alone[name].outputs[0]
+    steps = zip(completion.logprobs, completion.token_ids, strict=True)
+    vllm_logprobs = torch.tensor([step[token].logprob for step, token in steps])
+    expected = hf_token_logprobs(tiny_model, processor, CONVERSATIONS[name], list(completion.token_ids))
+    torch.testing.assert_close(vllm_logprobs, expected, atol=1e-5, rtol=0)
 
 
 def test_batch_of_eight_mixed_requests_equals_each_alone(llm, processor, greedy, alone):
@@ -130,7 +153,7 @@ def test_replies_depend_on_the_media(llm, processor, greedy):
         ]
         + [
             to_vllm_request(processor, [{"role": "user", "content": {"text": "Describe.", "audio": clip}}])
-            for clip in (tone(2.0, 300.0), tone(2.0, 900.0))
+            for clip in (str(DATA / "sample_audio.wav"), tone(2.0, 900.0))
         ],
         greedy,
         use_tqdm=False,
@@ -139,3 +162,16 @@ def test_replies_depend_on_the_media(llm, processor, greedy):
     assert outputs[0].prompt_token_ids == outputs[1].prompt_token_ids
     assert tokens[0] != tokens[1]
     assert tokens[2] != tokens[3]
+
+
+def test_cached_image_reused_at_another_index_gets_its_new_image_id(llm, processor, greedy, tiny_model):
+    """vLLM caches processed items by content; an image first seen as image 0 and then sent as image 1 must be laid
+    out with `<|image_id_start|>1<|image_id_end|>`, as the HF processor does."""
+    first, second = noise_image(500, 400, 7), noise_image(400, 500, 8)
+    llm.generate([to_vllm_request(processor, [{"role": "user", "content": {"text": "a", "image": first}}])], greedy)
+    messages = [{"role": "user", "content": {"text": "both", "image": [second, first]}}]
+    output = llm.generate([to_vllm_request(processor, messages)], greedy, use_tqdm=False)[0]
+    expected = processor.process_multimodal_inputs(messages)["input_ids"].tolist()
+    assert output.prompt_token_ids == expected
+    hf_tokens = tiny_model.chat(messages, max_new_tokens=NEW_TOKENS, return_tokens=True, repetition_penalty=1.0)
+    assert reply_tokens(output.outputs[0].token_ids, processor) == hf_tokens

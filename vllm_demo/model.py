@@ -56,7 +56,7 @@ class MegrezOVisionTower(nn.Module):
         )
 
     def forward(self, pixel_values: torch.Tensor, tgt_sizes: torch.Tensor) -> torch.Tensor:
-        """One image's slices [S, 3, 14, P*14] (0..255) and (rows, cols) [S, 2] -> [S * query_num, hidden].
+        """One image's slices [S, 3, 14, P*14] (uint8 pixels) and (rows, cols) [S, 2] -> [S * query_num, hidden].
 
         Slices go through in chunks of `vision_batch_size`, each cut to its own longest slice, like `megrezo.vision`.
         """
@@ -67,7 +67,7 @@ class MegrezOVisionTower(nn.Module):
             counts = sizes[:, 0] * sizes[:, 1]
             longest = int(counts.max())
             strips = pixel_values[start : start + self.chunk_size, :, :, : longest * self.patch_size]
-            strips = (strips - PIXEL_CENTER) / PIXEL_CENTER
+            strips = (strips.to(self.vpm.embeddings.patch_embedding.weight.dtype) - PIXEL_CENTER) / PIXEL_CENTER
             mask = torch.arange(longest, device=strips.device)[None, :] < counts[:, None]
             features = self.vpm(strips, patch_attention_mask=mask[:, None, :], tgt_sizes=sizes)
             outputs.append(self.resampler(features, sizes, mask))

@@ -31,12 +31,23 @@ from vllm.multimodal.processing import (
 from vllm.multimodal.processing.processor import ResolvedPromptUpdate
 
 from megrezo import special_tokens as tok
-from megrezo.image_processing_megrezo import ProcessedImage, pad_slices
+from megrezo.image_processing_megrezo import ProcessedImage
 from megrezo.processing_megrezo import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MegrezOProcessor
 
 SAMPLING_RATE = 16000
 DUMMY_AUDIO_SECONDS = 30
 """The profiling clip: one full Whisper window, the longest single clip (752 positions)."""
+
+
+def pack_strips_uint8(strips: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One image's patch strips (whole pixels 0..255, as the `megrezo` image processor makes them) as one uint8
+    tensor [S, 3, 14, P*14], right-padded with zeros to the image's longest strip. uint8 is exact for whole pixels
+    and is a quarter of the bytes vLLM copies from its front end to the engine for every slice."""
+    longest = max(strip.shape[-1] for strip in strips)
+    packed = torch.zeros((len(strips), *strips[0].shape[:-1], longest), dtype=torch.uint8)
+    for index, strip in enumerate(strips):
+        packed[index, ..., : strip.shape[-1]] = strip
+    return packed
 
 
 def image_grid_tensor(grid: tuple[int, int] | None) -> torch.Tensor:
@@ -102,7 +113,7 @@ class MegrezOMultiModalProcessor(BaseMultiModalProcessor[MegrezOProcessingInfo])
 
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
         """Slices and audio features, one entry per item:
-        - image: `pixel_values` [S, 3, 14, P*14] (0..255), `tgt_sizes` [S, 2], `image_grid` [2] (cols, rows);
+        - image: `pixel_values` [S, 3, 14, P*14] uint8, `tgt_sizes` [S, 2], `image_grid` [2] (cols, rows);
         - audio: `audio_features` [C, 128, 3000], `audio_lengths` [C, 2] (T1, T2), for the item's C clips.
         """
         processor = self.info.get_hf_processor()
@@ -110,9 +121,8 @@ class MegrezOMultiModalProcessor(BaseMultiModalProcessor[MegrezOProcessingInfo])
         images = hf_data.get("images") or []
         for image in images:
             processed = processor.process_image(image)
-            encoding = pad_slices(processed.strips, processed.tgt_sizes, processor.image_processor.patch_size)
-            outputs.setdefault("pixel_values", []).append(encoding["pixel_values"])
-            outputs.setdefault("tgt_sizes", []).append(encoding["tgt_sizes"])
+            outputs.setdefault("pixel_values", []).append(pack_strips_uint8(processed.strips))
+            outputs.setdefault("tgt_sizes", []).append(torch.tensor(processed.tgt_sizes, dtype=torch.long))
             outputs.setdefault("image_grid", []).append(image_grid_tensor(processed.grid))
         audios = hf_data.get("audio") or []
         for audio in audios:
