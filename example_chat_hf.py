@@ -31,15 +31,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def resolve_model_path(model_path: str | None) -> str:
-    if model_path:
-        return model_path
-    from megrezo.tiny import cached_tiny_checkpoint
-
-    print("No --model_path: using the tiny checkpoint, whose weights are random (its replies are noise).")
-    return str(cached_tiny_checkpoint())
-
-
 def reply(model, messages: list[dict], stream: bool, max_new_tokens: int) -> str:
     """One reply, printed as it is generated when streaming (generation runs in a thread that feeds the streamer)."""
     if not stream:
@@ -62,7 +53,9 @@ def reply(model, messages: list[dict], stream: bool, max_new_tokens: int) -> str
 def main() -> None:
     args = parse_args()
     dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
-    model_path = resolve_model_path(args.model_path)
+    from megrezo.tiny import model_path_or_tiny
+
+    model_path = model_path_or_tiny(args.model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=dtype)
     model = model.to(args.device).eval()
 

@@ -173,6 +173,14 @@ def cached_tiny_checkpoint(seed: int = 0, size: str = "tiny", dtype: torch.dtype
     return path
 
 
+def model_path_or_tiny(model_path: str | None) -> str:
+    """The scripts' --model_path, or the cached tiny checkpoint with a one-line notice that its weights are random."""
+    if model_path:
+        return model_path
+    print("No --model_path: using the tiny checkpoint, whose weights are random (its replies are noise).")
+    return str(cached_tiny_checkpoint())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")

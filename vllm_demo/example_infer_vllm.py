@@ -48,18 +48,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def resolve_model_path(model_path: str | None) -> str:
-    if model_path:
-        return model_path
-    from megrezo.tiny import cached_tiny_checkpoint
-
-    print("No --model_path: using the tiny checkpoint, whose weights are random (its replies are noise).")
-    return str(cached_tiny_checkpoint())
-
-
 def main() -> None:
     args = parse_args()
-    model_path = resolve_model_path(args.model_path)
+    from megrezo.tiny import model_path_or_tiny
+
+    model_path = model_path_or_tiny(args.model_path)
 
     from megrezo.processing_megrezo import MegrezOProcessor
     from vllm_demo.chat_requests import seed_sampling_params, to_vllm_request
