@@ -1,0 +1,5 @@
+"""`python -m eval`: the command line in cli.py."""
+
+from .cli import main
+
+main()

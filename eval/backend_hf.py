@@ -1,0 +1,37 @@
+"""The HF backend: the checkpoint loaded with transformers (`trust_remote_code`), replies from `model.chat` in
+batches of `batch_size` conversations (left-padded, greedy)."""
+
+from collections.abc import Iterator
+
+import torch
+
+from .generation import GenerationSettings
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(self, model_path: str, settings: GenerationSettings, batch_size: int = 8, dtype: str = "auto",
+                 device: str = "cpu"):
+        from transformers import AutoModelForCausalLM
+
+        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=torch_dtype)
+        self.model = self.model.to(device).eval()
+        self.settings = settings
+        self.batch_size = batch_size
+
+    def generate(self, conversations: list[list[dict]]) -> Iterator[tuple[int, str]]:
+        """(index, reply) for every conversation, a batch at a time, in order."""
+        for start in range(0, len(conversations), self.batch_size):
+            batch = conversations[start : start + self.batch_size]
+            replies = self.model.chat(
+                batch,
+                sampling=False,
+                max_new_tokens=self.settings.max_new_tokens,
+                repetition_penalty=self.settings.repetition_penalty,
+            )
+            yield from enumerate(replies, start=start)
+
+    def close(self) -> None:
+        del self.model

@@ -1,0 +1,52 @@
+"""The vLLM backend: the project's offline engine (`vllm_demo.offline.load_llm`, the MegrezO plugin registered)
+and its request builder (`vllm_demo.chat_requests`). Requests go into the engine together and are scheduled by its
+continuous batching; replies are handed back as each request finishes, so predictions are written as they come.
+`max_in_flight` bounds how many requests (with their decoded media) are held at once."""
+
+from collections.abc import Iterator
+
+from .generation import GenerationSettings
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, model_path: str, settings: GenerationSettings, max_in_flight: int = 256, dtype: str = "auto",
+                 **engine_args):
+        from vllm.sampling_params import RequestOutputKind
+
+        from megrezo.processing_megrezo import MegrezOProcessor
+        from vllm_demo.chat_requests import seed_sampling_params
+        from vllm_demo.offline import load_llm
+
+        self.processor = MegrezOProcessor.from_pretrained(model_path, trust_remote_code=True)
+        self.llm = load_llm(model_path, dtype=dtype, seed=0, **engine_args)
+        self.params = seed_sampling_params(
+            self.processor,
+            max_tokens=settings.max_new_tokens,
+            repetition_penalty=settings.repetition_penalty,
+            detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        self.max_in_flight = max_in_flight
+
+    def generate(self, conversations: list[list[dict]]) -> Iterator[tuple[int, str]]:
+        """(index, reply) for every conversation, in the order they finish. Replies are the generated ids before
+        the stop token, decoded as `model.chat` decodes them (special tokens skipped)."""
+        from vllm_demo.chat_requests import reply_tokens, to_vllm_request
+
+        engine = self.llm.llm_engine
+        tokenizer = self.processor.tokenizer
+        next_index = 0
+        while next_index < len(conversations) or engine.has_unfinished_requests():
+            while next_index < len(conversations) and engine.get_num_unfinished_requests() < self.max_in_flight:
+                engine.add_request(str(next_index), to_vllm_request(self.processor, conversations[next_index]),
+                                   self.params)
+                next_index += 1
+            for output in engine.step():
+                if output.finished:
+                    tokens = reply_tokens(output.outputs[0].token_ids, self.processor)
+                    yield int(output.request_id), tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def close(self) -> None:
+        self.llm.llm_engine.engine_core.shutdown()

@@ -1,0 +1,1 @@
+"""Converters from benchmark layouts on disk into the evaluation JSONL."""

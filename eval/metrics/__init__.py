@@ -1,0 +1,1 @@
+"""Scoring functions, one benchmark convention per module."""
