@@ -1,7 +1,7 @@
 """GSM8K-style final answers: the number a worked solution ends with, compared exactly.
 
-The final answer of a text is the last number after its last "####" (the GSM8K reference format) if it has one,
-else the last number after its last "answer is", else the last number anywhere. Numbers lose thousands commas,
+The final answer of a text is the first number after its last "####" (the GSM8K reference format) if it has one,
+else the first number after its last "answer is" that is followed by one, else the last number anywhere. Numbers lose thousands commas,
 a leading "$" and a trailing period, and compare by value ("18", "18.0" and "$18" are equal).
 """
 
@@ -15,16 +15,16 @@ _ANSWER_IS = re.compile(r"answer is", re.IGNORECASE)
 def final_answer(text: str) -> Decimal | None:
     """The value of the text's final answer, or None when it holds no number."""
     if "####" in text:
-        text = text.rsplit("####", 1)[1]
+        found = _NUMBER.search(text.rsplit("####", 1)[1])
     else:
-        phrases = list(_ANSWER_IS.finditer(text))
-        if phrases and _NUMBER.search(text, phrases[-1].end()):
-            text = text[phrases[-1].end():]
-    numbers = _NUMBER.findall(text)
-    if not numbers:
+        phrases = [phrase.end() for phrase in _ANSWER_IS.finditer(text) if _NUMBER.search(text, phrase.end())]
+        found = _NUMBER.search(text, phrases[-1]) if phrases else None
+        if found is None:
+            found = ([None] + list(_NUMBER.finditer(text)))[-1]
+    if found is None:
         return None
     try:
-        return Decimal(numbers[-1].replace(",", ""))
+        return Decimal(found.group().replace(",", ""))
     except InvalidOperation:
         return None
 
