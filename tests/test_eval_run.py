@@ -1,0 +1,214 @@
+"""`python -m eval run` end to end on the tiny checkpoint with the HF backend: every task, the files it writes,
+predictions equal to `model.chat` on conversations written out by hand, resume after SIGKILL, and clear errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from eval_sets import choice_set, speech_set, text_set, vqa_set, write_jsonl
+
+from eval.cli import main
+from eval.metrics.asr import error_rate
+from eval.metrics.choice import extract_letter
+from eval.metrics.gsm8k import exact_match
+from eval.metrics.vqa import vqa_accuracy
+from eval.predictions import PredictionLog
+
+REPO = Path(__file__).resolve().parents[1]
+NEW_TOKENS = 12
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def evaluate(task: str, data: Path, model: Path, out: Path, *extra: str) -> dict:
+    main(["run", "--task", task, "--data", str(data), "--model_path", str(model), "--out", str(out),
+          "--max_new_tokens", str(NEW_TOKENS), *extra])
+    return json.loads((out / "metrics.json").read_text())
+
+
+def predictions_by_id(out: Path) -> dict[str, str]:
+    return {record["id"]: record["prediction"] for record in read_jsonl(out / "predictions.jsonl")}
+
+
+def chat(model, conversations: list[list[dict]]) -> list[str]:
+    return model.chat(conversations, max_new_tokens=NEW_TOKENS, repetition_penalty=1.0)
+
+
+def test_command_line_writes_every_file(tiny_checkpoint, tmp_path):
+    """As a user runs it: `python -m eval run` in a fresh process, from the repository root."""
+    data = text_set(tmp_path)
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "eval", "run", "--task", "text", "--data", str(data),
+                             "--model_path", str(tiny_checkpoint), "--out", str(out), "--max_new_tokens", "8"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "exact_match:" in result.stdout
+    assert {path.name for path in out.iterdir()} == {"run.json", "predictions.jsonl", "scored.jsonl", "metrics.json",
+                                                     "report.md"}
+    assert [record["id"] for record in read_jsonl(out / "predictions.jsonl")] == ["t0", "t1", "t2"]
+    report = (out / "report.md").read_text()
+    assert "| exact_match |" in report
+
+
+def test_vqa_predictions_are_model_chat_replies(tiny_checkpoint, tiny_model, tmp_path):
+    data = vqa_set(tmp_path)
+    metrics = evaluate("vqa", data, tiny_checkpoint, tmp_path / "out", "--batch_size", "4")
+    samples = read_jsonl(data)
+    expected = chat(tiny_model, [[{"role": "user", "content": {
+        "text": "What colour is the square?\nAnswer the question using a single word or phrase.",
+        "image": str(tmp_path / sample["image"])}}] for sample in samples])
+    predictions = predictions_by_id(tmp_path / "out")
+    assert [predictions[sample["id"]] for sample in samples] == expected
+    accuracy = [vqa_accuracy(reply, sample["answer"]) for reply, sample in zip(expected, samples, strict=True)]
+    assert metrics["headline"]["vqa_accuracy"] == pytest.approx(100 * sum(accuracy) / len(accuracy))
+    assert set(metrics["by_subset"]) == {"red", "lime", "blue"}
+
+
+def test_choice_asks_every_rotation(tiny_checkpoint, tiny_model, tmp_path):
+    data = choice_set(tmp_path)
+    metrics = evaluate("choice", data, tiny_checkpoint, tmp_path / "out", "--circular")
+    predictions = predictions_by_id(tmp_path / "out")
+    assert len(predictions) == 9  # 3 samples x 3 rotations
+    sample = read_jsonl(data)[0]
+    shifted = [{"role": "user", "content": {
+        "text": "Which colour fills the square?\nA. lime\nB. blue\nC. red\n"
+                "Answer with the option's letter from the given choices directly.",
+        "image": str(tmp_path / sample["image"])}}]
+    assert predictions[f"{sample['id']}#shift1"] == chat(tiny_model, [shifted])[0]
+    rotation0 = [extract_letter(predictions[f"c{i}#shift0"], ["red", "lime", "blue"]) == s["answer"]
+                 for i, s in enumerate(read_jsonl(data))]
+    assert metrics["headline"]["accuracy"] == pytest.approx(100 * sum(rotation0) / 3)
+    assert metrics["headline"]["circular_accuracy"] <= metrics["headline"]["accuracy"]
+
+
+def test_asr_scores_each_language_by_its_convention(tiny_checkpoint, tiny_model, tmp_path):
+    data = speech_set(tmp_path)
+    metrics = evaluate("asr", data, tiny_checkpoint, tmp_path / "out")
+    samples = read_jsonl(data)
+    predictions = predictions_by_id(tmp_path / "out")
+    first = samples[0]
+    expected = chat(tiny_model, [[{"role": "user", "content": {"text": "Transcribe the speech into text.",
+                                                                "audio": str(tmp_path / first["audio"])}}]])
+    assert predictions[first["id"]] == expected[0]
+    english = [s for s in samples if s["language"] == "en"]
+    wer = error_rate([s["answer"] for s in english], [predictions[s["id"]] for s in english], "en")["wer"]
+    assert set(metrics["headline"]) == {"wer_en", "cer_zh"}
+    assert metrics["headline"]["wer_en"] == pytest.approx(100 * wer)
+    assert metrics["details"]["cer_zh"]["reference_units"] == 6
+
+
+def test_text_scores_final_answers(tiny_checkpoint, tmp_path):
+    data = text_set(tmp_path)
+    metrics = evaluate("text", data, tiny_checkpoint, tmp_path / "out")
+    predictions = predictions_by_id(tmp_path / "out")
+    hits = [exact_match(predictions[s["id"]], [s["answer"]]) for s in read_jsonl(data)]
+    assert metrics["headline"]["exact_match"] == pytest.approx(100 * sum(hits) / len(hits))
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_killed_run_resumes_with_only_the_missing_items(tiny_checkpoint, tmp_path):
+    """A run killed by SIGKILL after some predictions were written, then restarted, generates only the missing
+    items (each id once, the early lines untouched) and ends with the metrics of an uninterrupted run."""
+    data = vqa_set(tmp_path, count=12)
+    options = ["--task", "vqa", "--data", str(data), "--model_path", str(tiny_checkpoint), "--batch_size", "2",
+               "--max_new_tokens", "24"]
+    straight = tmp_path / "straight"
+    main(["run", *options, "--out", str(straight)])
+
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen([sys.executable, "-m", "eval", "run", *options, "--out", str(resumed)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = resumed / "predictions.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and log.read_text().count("\n") >= 2) and process.poll() is None:
+        assert time.monotonic() < deadline, "no prediction was written within 300 s"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = log.read_text().splitlines()
+    assert 2 <= len(before) < 12, f"the kill came too late to test resuming ({len(before)} of 12 written)"
+
+    result = subprocess.run([sys.executable, "-m", "eval", "run", *options, "--out", str(resumed)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{len(before)} of 12 predictions already in" in result.stderr
+    assert f"generating {12 - len(before)}" in result.stderr
+    after = log.read_text().splitlines()
+    assert after[: len(before)] == before
+    assert sorted(json.loads(line)["id"] for line in after) == sorted(f"q{i}" for i in range(12))
+    assert predictions_by_id(resumed) == predictions_by_id(straight)
+    metrics = {name: json.loads((folder / "metrics.json").read_text()) for name, folder in
+               (("straight", straight), ("resumed", resumed))}
+    for key in ("headline", "by_subset", "samples", "requests"):
+        assert metrics["resumed"][key] == metrics["straight"][key]
+
+
+def test_a_line_cut_short_by_a_kill_is_dropped(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    path.write_text('{"id": "a", "prediction": "x"}\n{"id": "b", "prediction": "y"}\n{"id": "c", "predi')
+    log = PredictionLog(path)
+    assert log.done == {"a": "x", "b": "y"}
+    log.add("c", "z")
+    log.close()
+    assert [record["id"] for record in read_jsonl(path)] == ["a", "b", "c"]
+
+
+# ---------------------------------------------------------------- errors
+
+
+def run_error(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as stop:
+        main(["run", *argv])
+    return str(stop.value.code)
+
+
+def test_bad_lines_are_reported_by_number_before_loading_a_model(tmp_path, capsys):
+    (tmp_path / "ok.png").write_bytes((REPO / "data" / "train" / "images" / "red_square.jpg").read_bytes())
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join([
+        json.dumps({"id": "a", "image": "ok.png", "question": "?", "answer": "red"}),
+        "{not json",
+        json.dumps({"id": "b", "image": "absent.png", "answer": "red"}),
+        json.dumps({"id": "c", "question": "?"}),
+        json.dumps({"id": "a", "question": "?", "answer": "x"}),
+        json.dumps({"id": "d", "question": "?", "choices": ["x", "y"], "answer": "C"}),
+    ]) + "\n")
+    message = run_error(capsys, "--task", "vqa", "--data", str(data), "--model_path", "/nonexistent",
+                        "--out", str(tmp_path / "out"))
+    assert "5 problem(s)" in message
+    assert "line 2: not valid JSON" in message
+    assert "line 3: image file not found: absent.png" in message
+    assert "line 4: no reference: 'answer' is missing" in message
+    assert "line 5: id 'a' already used on line 1" in message
+    assert "line 6: the answer of a multiple-choice item must be one of the letters A, B" in message
+
+
+def test_task_and_data_must_fit(tmp_path, capsys):
+    data = text_set(tmp_path)
+    message = run_error(capsys, "--task", "asr", "--data", str(data), "--model_path", "/nonexistent",
+                        "--out", str(tmp_path / "out"))
+    assert "task asr needs an 'audio' file in every sample; 3 lack it" in message
+
+
+def test_resuming_with_other_settings_is_refused(tiny_checkpoint, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "one.jsonl", [{"id": "x", "question": "What is 1 + 1?", "answer": "#### 2"}])
+    evaluate("text", data, tiny_checkpoint, tmp_path / "out")
+    message = run_error(capsys, "--task", "text", "--data", str(data), "--model_path", str(tiny_checkpoint),
+                        "--out", str(tmp_path / "out"), "--max_new_tokens", "5")
+    assert f"max_new_tokens: {NEW_TOKENS} -> 5" in message and "use another --out" in message
+
+
+def test_prompt_template_with_an_unknown_field_is_refused(tmp_path, capsys):
+    data = text_set(tmp_path)
+    message = run_error(capsys, "--task", "text", "--data", str(data), "--model_path", "/nonexistent",
+                        "--out", str(tmp_path / "out"), "--prompt", "{question} {answer}")
+    assert "only {question} and {options} can be filled in" in message
