@@ -69,8 +69,8 @@ def choice_set(folder: Path, count: int = 3, seed: int = 1) -> Path:
     return write_jsonl(folder / "choice.jsonl", records)
 
 
-def text_set(folder: Path) -> Path:
-    pairs = [(3, 4), (12, 30), (7, 8)]
+def text_set(folder: Path, count: int = 3) -> Path:
+    pairs = [(3 + index, 4 + 7 * index) for index in range(count)]
     records = [{"id": f"t{index}", "question": f"What is {a} + {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
                for index, (a, b) in enumerate(pairs)]
     return write_jsonl(folder / "text.jsonl", records)
