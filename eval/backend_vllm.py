@@ -3,9 +3,19 @@ and its request builder (`vllm_demo.chat_requests`). Requests go into the engine
 continuous batching; replies are handed back as each request finishes, so predictions are written as they come.
 `max_in_flight` bounds how many requests (with their decoded media) are held at once."""
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 from .generation import GenerationSettings
+
+
+def checkpoint_dtype(model_path: str) -> str:
+    """The dtype the checkpoint's config names. vLLM's own "auto" would run a float32 checkpoint in half
+    precision, while transformers' "auto" keeps float32; resolving it here keeps both backends on the same
+    precision."""
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    return config.get("dtype") or config.get("torch_dtype") or "auto"
 
 
 class VLLMBackend:
@@ -20,6 +30,7 @@ class VLLMBackend:
         from vllm_demo.offline import load_llm
 
         self.processor = MegrezOProcessor.from_pretrained(model_path, trust_remote_code=True)
+        dtype = checkpoint_dtype(model_path) if dtype == "auto" else dtype
         self.llm = load_llm(model_path, dtype=dtype, seed=0, **engine_args)
         self.params = seed_sampling_params(
             self.processor,

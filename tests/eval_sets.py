@@ -1,5 +1,6 @@
-"""Small evaluation sets made at test time, each with known answers: speech spoken by espeak-ng from known text,
-coloured squares drawn with PIL, arithmetic questions. Written as the evaluation JSONL with relative media paths."""
+"""Helpers for the evaluation tests: small sets made at test time, each with known answers (speech spoken by
+espeak-ng from known text, coloured squares drawn with PIL, arithmetic questions) written as the evaluation JSONL
+with relative media paths, and a short way to run the harness and read what it wrote."""
 
 import json
 import shutil
@@ -10,10 +11,30 @@ import numpy as np
 import pytest
 from test_finetune_training import COLOURS, coloured_square
 
+from eval.cli import main
+
+NEW_TOKENS = 12
+"""Replies of the random tiny model are cut at this length, which keeps the tests quick."""
+
 SENTENCES_EN = ["the cat sat on the mat", "please open the window", "seven green apples", "good morning to you"]
 SENTENCE_ZH_TRADITIONAL = "今天天氣很好"
 """Spoken in Mandarin; the reference is in Traditional characters, as some Chinese sets are, so scoring must
 convert it."""
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def evaluate(task: str, data: Path, model: Path, out: Path, *extra: str) -> dict:
+    """`python -m eval run` in this process; returns metrics.json."""
+    main(["run", "--task", task, "--data", str(data), "--model_path", str(model), "--out", str(out),
+          "--max_new_tokens", str(NEW_TOKENS), *extra])
+    return json.loads((out / "metrics.json").read_text())
+
+
+def predictions_by_id(out: Path) -> dict[str, str]:
+    return {record["id"]: record["prediction"] for record in read_jsonl(out / "predictions.jsonl")}
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:

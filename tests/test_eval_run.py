@@ -10,7 +10,17 @@ import time
 from pathlib import Path
 
 import pytest
-from eval_sets import choice_set, speech_set, text_set, vqa_set, write_jsonl
+from eval_sets import (
+    NEW_TOKENS,
+    choice_set,
+    evaluate,
+    predictions_by_id,
+    read_jsonl,
+    speech_set,
+    text_set,
+    vqa_set,
+    write_jsonl,
+)
 
 from eval.cli import main
 from eval.metrics.asr import error_rate
@@ -20,21 +30,6 @@ from eval.metrics.vqa import vqa_accuracy
 from eval.predictions import PredictionLog
 
 REPO = Path(__file__).resolve().parents[1]
-NEW_TOKENS = 12
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def evaluate(task: str, data: Path, model: Path, out: Path, *extra: str) -> dict:
-    main(["run", "--task", task, "--data", str(data), "--model_path", str(model), "--out", str(out),
-          "--max_new_tokens", str(NEW_TOKENS), *extra])
-    return json.loads((out / "metrics.json").read_text())
-
-
-def predictions_by_id(out: Path) -> dict[str, str]:
-    return {record["id"]: record["prediction"] for record in read_jsonl(out / "predictions.jsonl")}
 
 
 def chat(model, conversations: list[list[dict]]) -> list[str]:

@@ -1,0 +1,20 @@
+"""The vLLM backend against the HF backend: the same predictions, hence the same metrics, for an image task and a
+speech task. Both run the tiny checkpoint in float32 with the harness's default generation settings (greedy,
+repetition penalty 1.0)."""
+
+import json
+
+import pytest
+from eval_sets import evaluate, predictions_by_id, speech_set, vqa_set
+
+
+@pytest.mark.parametrize("task", ["vqa", "asr"])
+def test_vllm_and_hf_give_the_same_predictions_and_metrics(task, tiny_checkpoint, tmp_path):
+    data = vqa_set(tmp_path, count=8) if task == "vqa" else speech_set(tmp_path)
+    metrics = {backend: evaluate(task, data, tiny_checkpoint, tmp_path / backend, "--backend", backend)
+               for backend in ("hf", "vllm")}
+    hf, vllm = predictions_by_id(tmp_path / "hf"), predictions_by_id(tmp_path / "vllm")
+    assert vllm == hf
+    assert sum(len(reply) for reply in hf.values()) >= 3 * len(hf), "replies too short to compare"
+    for key in ("headline", "by_subset", "details"):
+        assert json.dumps(metrics["vllm"].get(key)) == json.dumps(metrics["hf"].get(key)), key
