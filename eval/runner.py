@@ -75,7 +75,9 @@ def check_settings(out: Path, settings: dict) -> None:
         path.write_text(json.dumps({key: settings[key] for key in DECIDING_SETTINGS}, indent=2) + "\n")
 
 
-def make_backend(options: RunOptions, settings: GenerationSettings):
+def make_backend(options: RunOptions):
+    """The backend the options name, loaded with the options' generation settings."""
+    settings = GenerationSettings(options.max_new_tokens, options.repetition_penalty)
     if options.backend == "vllm":
         from .backend_vllm import VLLMBackend
 
@@ -87,21 +89,26 @@ def make_backend(options: RunOptions, settings: GenerationSettings):
     return HFBackend(options.model_path, settings, options.batch_size, options.dtype, options.device)
 
 
-def generate_missing(options: RunOptions, requests: list[Request], log: PredictionLog) -> None:
+def generate_missing(options: RunOptions, requests: list[Request], log: PredictionLog, backend=None) -> None:
+    """Generates every request not yet in the log and appends each reply as it arrives. A backend passed in is
+    used and left open (benchmarks reuse one); otherwise one is loaded only if something is missing."""
     missing = [request for request in requests if request.key not in log.done]
     print(f"{len(requests) - len(missing)} of {len(requests)} predictions already in {log.path}; "
           f"generating {len(missing)}", file=sys.stderr, flush=True)
     if not missing:
         return
-    settings = GenerationSettings(options.max_new_tokens, options.repetition_penalty)
-    backend = make_backend(options, settings)
+    owned = backend is None
+    backend = make_backend(options) if owned else backend
     conversations = [build_messages(request, options.prompt, options.system) for request in missing]
-    with tqdm(total=len(requests), initial=len(requests) - len(missing), desc=f"{options.backend} generate",
-              unit="item", dynamic_ncols=True) as bar:
-        for index, reply in backend.generate(conversations):
-            log.add(missing[index].key, reply)
-            bar.update(1)
-    backend.close()
+    try:
+        with tqdm(total=len(requests), initial=len(requests) - len(missing), desc=f"{options.backend} generate",
+                  unit="item", dynamic_ncols=True) as bar:
+            for index, reply in backend.generate(conversations):
+                log.add(missing[index].key, reply)
+                bar.update(1)
+    finally:
+        if owned:
+            backend.close()
 
 
 def evaluate(options: RunOptions) -> dict:

