@@ -114,15 +114,19 @@ def vqa_table():
     return datasets.Dataset.from_dict(rows, features=features)
 
 
-@pytest.mark.parametrize("stored_as", ["save_to_disk", "parquet"])
+@pytest.mark.parametrize("stored_as", ["save_to_disk", "parquet folder", "parquet pattern"])
 def test_datasets_table_with_embedded_images(vqa_table, stored_as, tmp_path, capsys):
+    source = tmp_path / "textvqa"
     if stored_as == "save_to_disk":
-        source = tmp_path / "textvqa"
         vqa_table.save_to_disk(str(source))
     else:
-        (tmp_path / "textvqa" / "data").mkdir(parents=True)
-        source = tmp_path / "textvqa"
+        (source / "data").mkdir(parents=True)
         vqa_table.to_parquet(str(source / "data" / "validation-00000-of-00001.parquet"))
+        vqa_table.select([0]).to_parquet(str(source / "data" / "test-00000-of-00001.parquet"))
+        if stored_as == "parquet folder":
+            (source / "data" / "test-00000-of-00001.parquet").unlink()
+        else:
+            source = source / "data" / "validation-*.parquet"
     out = tmp_path / "textvqa.jsonl"
     convert("hf", "--source", str(source), "--answer_field", "answers", "--image_field", "image",
             "--id_field", "question_id", "--out", str(out))

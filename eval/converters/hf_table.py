@@ -6,6 +6,7 @@ Columns are named by options, since every benchmark names them differently. Embe
 files next to the JSONL (`<name>_media/`), named by sample id; an image that does not decode is a bad record.
 """
 
+import glob
 import io
 import math
 from pathlib import Path
@@ -17,10 +18,15 @@ from .output import ConvertedSet
 
 
 def load_table(source: str | Path, split: str | None = None):
-    """A `datasets.Dataset` from a save_to_disk folder (with `split` for a DatasetDict) or from one parquet file or
-    a folder of them."""
+    """A `datasets.Dataset` from a save_to_disk folder (with `split` for a DatasetDict), from one parquet file, from
+    every parquet file under a folder, or from the parquet files a glob pattern names (e.g. `data/validation-*`)."""
     import datasets
 
+    if "*" in str(source):
+        files = sorted(glob.glob(str(source)))
+        if not files:
+            raise ValueError(f"{source}: no file matches")
+        return datasets.Dataset.from_parquet(files)
     source = Path(source)
     if source.is_dir() and ((source / "state.json").exists() or (source / "dataset_dict.json").exists()):
         table = datasets.load_from_disk(str(source))
