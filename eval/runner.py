@@ -106,6 +106,10 @@ def generate_missing(options: RunOptions, requests: list[Request], log: Predicti
             for index, reply in backend.generate(conversations):
                 log.add(missing[index].key, reply)
                 bar.update(1)
+    except ValueError as error:
+        # Bad media or an over-long prompt: the model names the problem; what was generated so far is kept.
+        raise RunError(f"generation stopped after {len(log.done)} of {len(requests)} predictions: {error}. "
+                       "Fix or remove the sample and run the same command again to continue.") from error
     finally:
         if owned:
             backend.close()

@@ -206,3 +206,11 @@ def test_prompt_template_with_an_unknown_field_is_refused(tmp_path, capsys):
     message = run_error(capsys, "--task", "text", "--data", str(data), "--model_path", "/nonexistent",
                         "--out", str(tmp_path / "out"), "--prompt", "{question} {answer}")
     assert "only {question} and {options} can be filled in" in message
+
+
+def test_an_unreadable_image_stops_the_run_with_its_path(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    data = write_jsonl(tmp_path / "data.jsonl", [{"id": "b", "question": "?", "image": "broken.png", "answer": "x"}])
+    message = run_error(capsys, "--task", "vqa", "--data", str(data), "--model_path", str(tiny_checkpoint),
+                        "--out", str(tmp_path / "out"))
+    assert "generation stopped after 0 of 1 predictions" in message and "broken.png" in message
