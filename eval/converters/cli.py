@@ -3,7 +3,7 @@
 import argparse
 
 from .fleurs import REFERENCE_COLUMNS, convert_fleurs
-from .hf_table import convert_hf_table
+from .hf_table import Columns, convert_hf_table
 from .wenetspeech import convert_wenetspeech
 
 
@@ -52,6 +52,7 @@ def add_convert_parser(commands) -> None:
     table.add_argument("--id_field", help="sample id column (default: the row number)")
     table.add_argument("--subset_field", help="column to break metrics down by (e.g. category)")
     table.add_argument("--out", required=True, help="the JSONL to write")
-    table.set_defaults(handler=lambda a: convert_hf_table(
-        a.source, a.out, a.answer_field, _fields(a.question_field), _fields(a.image_field), _fields(a.audio_field),
-        a.choices_field, _fields(a.option_fields) or None, a.answer_index, a.id_field, a.subset_field, a.split))
+    table.set_defaults(handler=lambda a: convert_hf_table(a.source, a.out, Columns(
+        answer=a.answer_field, question=_fields(a.question_field), image=_fields(a.image_field),
+        audio=_fields(a.audio_field), choices=a.choices_field, options=_fields(a.option_fields),
+        answer_index=a.answer_index, id=a.id_field, subset=a.subset_field), a.split))

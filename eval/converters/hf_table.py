@@ -9,6 +9,7 @@ files next to the JSONL (`<name>_media/`), named by sample id; an image that doe
 import glob
 import io
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -86,85 +87,121 @@ def _image_suffix(data: bytes) -> str:
     return ".jpg" if kind == "jpeg" else f".{kind}"
 
 
-def convert_hf_table(source: str | Path, out: str | Path, answer_field: str, question_fields: list[str],
-                     image_fields: list[str], audio_fields: list[str], choices_field: str | None = None,
-                     option_fields: list[str] | None = None, answer_index: bool = False,
-                     id_field: str | None = None, subset_field: str | None = None,
-                     split: str | None = None) -> ConvertedSet:
-    source = Path(source)
+@dataclass
+class Columns:
+    """Which columns hold what. `question` columns are joined by newlines (e.g. a hint, then the question);
+    options come from one list column (`choices`) or from one column per letter (`options`); with `answer_index`
+    the answer is an option's 0-based index."""
+
+    answer: str
+    question: list[str] = field(default_factory=list)
+    image: list[str] = field(default_factory=list)
+    audio: list[str] = field(default_factory=list)
+    choices: str | None = None
+    options: list[str] = field(default_factory=list)
+    answer_index: bool = False
+    id: str | None = None
+    subset: str | None = None
+
+    def named(self) -> list[str]:
+        singles = [self.answer, self.choices, self.id, self.subset]
+        return [name for name in singles if name] + self.question + self.image + self.audio + self.options
+
+
+def convert_hf_table(source: str | Path, out: str | Path, columns: Columns, split: str | None = None) -> ConvertedSet:
     converted = ConvertedSet(out)
     table = load_table(source, split)
-    named = [answer_field, *question_fields, *image_fields, *audio_fields, *(option_fields or [])]
-    named += [field for field in (choices_field, id_field, subset_field) if field]
-    absent = [field for field in named if field not in table.column_names]
+    absent = [name for name in columns.named() if name not in table.column_names]
     if absent:
         raise ValueError(f"{source} has no column {', '.join(absent)}; its columns: {', '.join(table.column_names)}")
-    table = _undecoded(table, image_fields + audio_fields)
-    media_dir = converted.out.parent / f"{converted.out.stem}_media"
-    media_dir.mkdir(parents=True, exist_ok=True)
-    base = source if source.is_dir() else source.parent
+    table = _undecoded(table, columns.image + columns.audio)
+    media = MediaWriter(converted, Path(source))
     for row_number, row in enumerate(table):
-        sample_id = str(row[id_field]) if id_field else str(row_number)
-        where = f"{source}, row {row_number} (id {sample_id})"
+        sample_id = str(row[columns.id]) if columns.id else str(row_number)
         try:
-            record = _record(row, sample_id, converted, media_dir, base, answer_field, question_fields, image_fields,
-                             audio_fields, choices_field, option_fields, answer_index)
+            record = _record(row, sample_id, columns, media)
         except ValueError as error:
-            converted.skip(where, str(error))
+            converted.skip(f"{source}, row {row_number} (id {sample_id})", str(error))
             continue
-        if subset_field and not _missing(row[subset_field]):
-            record["subset"] = str(row[subset_field])
         converted.add(record)
     converted.write()
     return converted
 
 
-def _record(row: dict, sample_id: str, converted: ConvertedSet, media_dir: Path, base: Path, answer_field: str,
-            question_fields: list[str], image_fields: list[str], audio_fields: list[str], choices_field: str | None,
-            option_fields: list[str] | None, answer_index: bool) -> dict:
-    """One JSONL record from a table row; a ValueError says why the row cannot be used."""
-    record: dict = {"id": sample_id}
-    question = "\n".join(str(row[field]).strip() for field in question_fields if not _missing(row[field]))
-    if question:
-        record["question"] = question
-    choices = None
-    if choices_field:
-        choices = [str(choice) for choice in row[choices_field] or [] if not _missing(choice)]
-    elif option_fields:
-        choices = [str(row[field]) for field in option_fields if not _missing(row[field])]
-    if choices is not None:
-        if len(choices) < 2:
-            raise ValueError(f"{len(choices)} option(s); a multiple-choice item needs at least 2")
-        record["choices"] = choices
-    answer = row[answer_field]
-    if _missing(answer) or (isinstance(answer, list) and not [a for a in answer if not _missing(a)]):
-        raise ValueError(f"no reference ('{answer_field}' is empty)")
-    if answer_index:
-        if not str(answer).strip().isdigit() or int(answer) >= len(choices or []):
-            raise ValueError(f"answer {answer!r} is not the index of one of the {len(choices or [])} options")
-        answer = LETTERS[int(answer)]
-    record["answer"] = [str(a) for a in answer if not _missing(a)] if isinstance(answer, list) else str(answer)
-    for key, fields in (("image", image_fields), ("audio", audio_fields)):
+class MediaWriter:
+    """Writes embedded media as files in `<jsonl name>_media/` beside the JSONL, named by sample id and column."""
+
+    def __init__(self, converted: ConvertedSet, source: Path):
+        self.converted = converted
+        self.base = source if source.is_dir() else source.parent
+        self.folder = converted.out.parent / f"{converted.out.stem}_media"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def write(self, kind: str, row: dict, names: list[str], sample_id: str) -> list[str]:
+        """Relative paths of the row's non-empty media cells; a cell that cannot be used raises ValueError."""
         paths = []
-        for field in fields:
-            cell = row[field]
+        for name in names:
+            cell = row[name]
             if _missing(cell) or (isinstance(cell, dict) and not cell.get("bytes") and not cell.get("path")):
                 continue
             try:
-                data = _media_bytes(cell, base)
+                data = _media_bytes(cell, self.base)
             except ValueError as error:
-                raise ValueError(f"{key} in '{field}': {error}") from None
-            if key == "image":
+                raise ValueError(f"{kind} in '{name}': {error}") from None
+            if kind == "image":
                 suffix = _image_suffix(data)
             else:
-                suffix = Path(cell.get("path") or "").suffix if isinstance(cell, dict) else ""
-            target = media_dir / f"{_safe(sample_id)}_{field}{suffix or '.wav'}"
+                suffix = (Path(cell.get("path") or "").suffix if isinstance(cell, dict) else "") or ".wav"
+            target = self.folder / f"{_safe(sample_id)}_{name}{suffix}"
             target.write_bytes(data)
-            paths.append(converted.relative(target))
-        if fields and not paths:
-            raise ValueError(f"no {key} ({', '.join(fields)} empty)")
+            paths.append(self.converted.relative(target))
+        if names and not paths:
+            raise ValueError(f"no {kind} ({', '.join(names)} empty)")
+        return paths
+
+
+def _choices(row: dict, columns: Columns) -> list[str] | None:
+    if columns.choices:
+        choices = [str(choice) for choice in row[columns.choices] or [] if not _missing(choice)]
+    elif columns.options:
+        choices = [str(row[name]) for name in columns.options if not _missing(row[name])]
+    else:
+        return None
+    if len(choices) < 2:
+        raise ValueError(f"{len(choices)} option(s); a multiple-choice item needs at least 2")
+    return choices
+
+
+def _answer(row: dict, columns: Columns, choices: list[str] | None) -> str | list[str]:
+    answer = row[columns.answer]
+    if isinstance(answer, list):
+        answer = [str(item) for item in answer if not _missing(item)]
+    if _missing(answer) or answer == []:
+        raise ValueError(f"no reference ('{columns.answer}' is empty)")
+    if columns.answer_index:
+        count = len(choices or [])
+        if not str(answer).strip().isdigit() or int(answer) >= count:
+            raise ValueError(f"answer {answer!r} is not the index of one of the {count} options")
+        return LETTERS[int(answer)]
+    return answer if isinstance(answer, list) else str(answer)
+
+
+def _record(row: dict, sample_id: str, columns: Columns, media: MediaWriter) -> dict:
+    """One JSONL record from a table row; a ValueError says why the row cannot be used."""
+    record: dict = {"id": sample_id}
+    question = "\n".join(str(row[name]).strip() for name in columns.question if not _missing(row[name]))
+    if question:
+        record["question"] = question
+    choices = _choices(row, columns)
+    if choices is not None:
+        record["choices"] = choices
+    record["answer"] = _answer(row, columns, choices)
+    for kind, names in (("image", columns.image), ("audio", columns.audio)):
+        paths = media.write(kind, row, names, sample_id)
         if paths:
-            record[key] = paths[0] if len(paths) == 1 else paths
+            record[kind] = paths[0] if len(paths) == 1 else paths
+    if columns.subset and not _missing(row[columns.subset]):
+        record["subset"] = str(row[columns.subset])
     return record
 
 
