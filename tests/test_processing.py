@@ -95,14 +95,18 @@ def test_audio_span_in_the_layout(processor, seconds, span):
     assert (b, end - start - 1) == (0, span)
 
 
-def test_65_seconds_become_three_numbered_clips_with_nothing_dropped(processor):
+def test_65_seconds_are_one_audio_item_with_three_clips_back_to_back(processor):
+    """The long-audio layout: one `Audio k:` label per item, its 30 s clips' layouts back to back, nothing dropped;
+    a following audio item is `Audio 2`."""
     wave = np.random.default_rng(0).uniform(-0.5, 0.5, 65 * RATE).astype(np.float32)
-    sample = processor.process_multimodal_inputs([{"role": "user", "content": {"text": "Hi", "audio": wave}}])
-    clips = "".join(f"Audio {k}: {audio_text(span)}\n" for k, span in [(1, 752), (2, 752), (3, 127)])
-    expected = f"{SYSTEM}<|role_start|>user<|role_end|>{clips}Hi<|turn_end|>{PROMPT}"
+    content = {"text": "Hi", "audio": [wave, tone(1)]}
+    sample = processor.process_multimodal_inputs([{"role": "user", "content": content}])
+    clips = "".join(audio_text(span) for span in (752, 752, 127))
+    audios = f"Audio 1: {clips}\nAudio 2: {audio_text(27)}\n"
+    expected = f"{SYSTEM}<|role_start|>user<|role_end|>{audios}Hi<|turn_end|>{PROMPT}"
     assert sample["input_ids"].tolist() == slow_ids(processor, expected)
     whisper = WhisperFeatureExtractor(feature_size=128, sampling_rate=RATE)
-    windows = [wave[0 : 30 * RATE], wave[30 * RATE : 60 * RATE], wave[60 * RATE :]]
+    windows = [wave[0 : 30 * RATE], wave[30 * RATE : 60 * RATE], wave[60 * RATE :], tone(1)]
     direct = whisper(windows, sampling_rate=RATE, return_tensors="pt")["input_features"]
     torch.testing.assert_close(sample["audio_encoding"]["input_audios"], direct)
 
