@@ -124,7 +124,8 @@ def test_prompt_tokens_match_the_hf_processor(name, alone, processor):
 def test_greedy_tokens_match_model_chat(name, alone, processor, tiny_model):
     hf_tokens = tiny_model.chat(CONVERSATIONS[name], max_new_tokens=NEW_TOKENS, return_tokens=True)
     vllm_tokens = reply_tokens(alone[name].outputs[0].token_ids, processor)
-    assert len(hf_tokens) >= 32, "the reference stopped early; the comparison needs at least 32 tokens"
+    # A stop token may end a random model's reply early; where it comes is compared too (vLLM keeps it at the end).
+    assert len(hf_tokens) >= 8, "the reference stopped at once; the comparison needs a few tokens"
     assert vllm_tokens == hf_tokens
 
 
