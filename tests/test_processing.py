@@ -17,7 +17,7 @@ from transformers import AutoProcessor, WhisperFeatureExtractor
 
 from megrezo.batch_format import validate_audio_encoding, validate_image_encoding
 from megrezo.chat_template import DEFAULT_SYSTEM_PROMPT
-from megrezo.processing_megrezo import MegrezOProcessor
+from megrezo.processing_megrezo import MegrezOProcessor, template_view
 
 QUERY = 64
 RATE = 16000
@@ -409,3 +409,34 @@ def test_errors_in_a_batch_name_the_conversation(processor):
     good = [{"role": "user", "content": "Hi"}]
     with pytest.raises(ValueError, match=r"conversation 1: messages\[0\]: unknown role 'bot'"):
         processor([good, [{"role": "bot", "content": "Hi"}]])
+
+
+def single_media_values(tmp_path) -> dict[str, object]:
+    """Every form one media item can take in a message, by name."""
+    image_path = tmp_path / "image.png"
+    random_image(64, 48).save(image_path)
+    return {
+        "path": str(image_path),
+        "PIL image": random_image(64, 48),
+        "array": tone(1),
+        "(array, rate)": (tone(1), RATE),
+        "bytes": image_path.read_bytes(),
+        "dict": {"array": tone(1), "sampling_rate": RATE},
+        "tensor": torch.from_numpy(tone(1)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["image", "audio"])
+def test_chat_template_reads_any_single_media_value_as_one_item_and_only_a_list_as_several(processor, kind, tmp_path):
+    """The authors render prompts with `tokenizer.apply_chat_template(conversation)` on the media themselves (a PIL
+    image in their vLLM example): one value is one placeholder whatever its type, a list is one per element, and the
+    text is the processor's own rendering of the same conversation."""
+    placeholder = "(<image>./</image>)" if kind == "image" else "(<audio>./</audio>)"
+    values = single_media_values(tmp_path)
+    values |= {"list of two": [values["PIL image"], values["path"]], "list of three": [values["array"]] * 3}
+    for name, value in values.items():
+        conversation = [{"role": "user", "content": {"text": "Hi", kind: value}}]
+        rendered = processor.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        expected = len(value) if isinstance(value, list) else 1
+        assert rendered.count(placeholder) == expected, name
+        assert rendered == processor.render(template_view(conversation), add_generation_prompt=True), name
