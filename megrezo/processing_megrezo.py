@@ -189,7 +189,7 @@ class MegrezOProcessor(ProcessorMixin):
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         """A checkpoint with only preprocessor_config.json (the release) has no saved Whisper settings: use the
-        spec's (128 mel bins, 16 kHz)."""
+        contract's (128 mel bins, 16 kHz)."""
         processor_dict = dict(processor_dict or {})
         if "audio_feature_extractor" not in processor_dict:
             processor_dict["audio_feature_extractor"] = {
@@ -201,7 +201,7 @@ class MegrezOProcessor(ProcessorMixin):
 
     def _special_token_ids(self) -> dict[str, int | None]:
         """Ids of the layout's tokens, from the tokenizer (a token it does not know must not silently become unk).
-        Text and image tokens must exist. The audio pair was not recovered from the release (spec [choice]), so a
+        Text and image tokens must exist. The audio pair was not recovered from the release (a [choice] of docs/contract.md), so a
         tokenizer may lack it: its ids are then None and only a conversation with audio fails."""
         required = [
             UNK,
@@ -254,7 +254,7 @@ class MegrezOProcessor(ProcessorMixin):
         return split_into_clips(wave)
 
     def image_layout(self, index: int, image: ProcessedImage) -> str:
-        """Text of image `index` (spec §4) with one `<|unk|>` standing for each slice's filler run."""
+        """Text of image `index` (docs/contract.md §4) with one `<|unk|>` standing for each slice's filler run."""
         text = f"{IMAGE_ID_START}{index}{IMAGE_ID_END}{IMAGE_START}{UNK}{IMAGE_END}"
         if image.grid is not None:
             cols, rows = image.grid

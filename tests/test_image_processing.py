@@ -1,4 +1,4 @@
-"""Checks of the image processor against the spec's worked examples and against plain array arithmetic, written
+"""Checks of the image processor against the contract's worked examples and against plain array arithmetic, written
 without calling the module's own helpers where the point is to check them."""
 
 import io

@@ -1,6 +1,6 @@
 """MegrezOProcessor: messages -> token layout, bounds, labels, collated batch, and its errors.
 
-Expected token sequences are built independently of the processor: the spec's layout written out as one string with
+Expected token sequences are built independently of the processor: the contract's layout (docs/contract.md) written out as one string with
 every filler `<|unk|>` spelled out, tokenised by the tokenizer in one call (the slow path the processor avoids).
 Slicing and span arithmetic themselves are tested at the function level in test_image_processing.py and
 test_audio_processing.py; here the outcome is checked where it lands, in input_ids and bounds.
@@ -42,7 +42,7 @@ def tone(seconds: float, rate: int = RATE) -> np.ndarray:
 
 
 def image_text(index: int, grid: tuple[int, int] | None) -> str:
-    """Spec §4 layout of image `index`, every filler spelled out."""
+    """The contract's §4 layout of image `index`, every filler spelled out."""
     text = f"<|image_id_start|>{index}<|image_id_end|><|image_start|>{UNK_RUN}<|image_end|>"
     if grid is not None:
         cols, rows = grid
