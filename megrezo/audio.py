@@ -95,8 +95,9 @@ class AudioEncoder(nn.Module):
         """
         longest = int(t1.max())
         dtype = self.conv1.weight.dtype
-        kept = torch.arange(2 * longest, device=mel.device)[None, :] < 2 * t1[:, None].to(mel.device)
-        x = F.gelu(self.conv1(mel[:, :, : 2 * longest].to(dtype) * kept[:, None, :].to(dtype)))
+        mel = mel[:, :, : 2 * longest].to(dtype)
+        kept = torch.arange(mel.shape[2], device=mel.device)[None, :] < 2 * t1[:, None].to(mel.device)
+        x = F.gelu(self.conv1(mel * kept[:, None, :].to(dtype)))
         x = F.gelu(self.conv2(x))[:, :, :longest].transpose(1, 2)
         key_mask = torch.arange(longest, device=x.device)[None, :] < t1[:, None].to(x.device)
         x = (x + self.positional_embedding[:longest].to(dtype)) * key_mask[..., None]
