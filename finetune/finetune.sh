@@ -23,6 +23,9 @@ export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$PWD/.venv/torch_extensions
 
 # The settings that depend on the machine and the switches go in front of the caller's arguments, so those win.
 GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')
+case "$GPUS" in
+  '' | *[!0-9]*) echo "finetune.sh: could not count the GPUs with $PYTHON (it printed: $GPUS)" >&2; exit 1 ;;
+esac
 if [ "$GPUS" -gt 0 ]; then
   set -- --bf16 true "$@"
 else
