@@ -2,28 +2,35 @@
 
 Launch with `finetune/finetune.sh` (torchrun, 2 processes) or directly: `python finetune/finetune.py --help` lists
 every flag (the Trainer's plus those in arguments.py). The data is checked line by line first (validate_data.py);
-a restarted run continues from the newest complete checkpoint in --output_dir; the final model in --output_dir
-holds weights, model code and processor files, so it loads with `trust_remote_code=True` on its own.
+a restarted run continues from the newest complete checkpoint in --output_dir, and a finished one says so and
+changes nothing; the final model in --output_dir holds weights, model code and processor files, so it loads with
+`trust_remote_code=True` on its own. A rank ends when its launcher does (launcher_watch.py).
 """
 
-import resource
-import sys
-from pathlib import Path
+from launcher_watch import end_with_launcher
 
-import torch
-from arguments import DataArguments, FinetuneArguments, ModelArguments, default_attn_implementation
-from dataset import ConversationDataset, TrainingCollator
-from merge_lora import merge_lora
-from modules import apply_lora, set_trainable, trainable_report
-from trainer import (
+end_with_launcher()  # before the slow imports below, so a killed launcher takes its ranks along from the start
+
+import resource  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from arguments import DataArguments, FinetuneArguments, ModelArguments, default_attn_implementation  # noqa: E402
+from dataset import ConversationDataset, TrainingCollator  # noqa: E402
+from merge_lora import merge_lora  # noqa: E402
+from modules import apply_lora, set_trainable, trainable_report  # noqa: E402
+from trainer import (  # noqa: E402
     CheckpointCompleteCallback,
     MegrezOTrainer,
+    finished_run_step,
+    mark_run_finished,
     newest_complete_checkpoint,
     remove_incomplete_checkpoints,
 )
-from transformers import AutoModelForCausalLM, AutoProcessor, HfArgumentParser
-from transformers.integrations import is_deepspeed_zero3_enabled
-from validate_data import check_jsonl, configure_images
+from transformers import AutoModelForCausalLM, AutoProcessor, HfArgumentParser  # noqa: E402
+from transformers.integrations import is_deepspeed_zero3_enabled  # noqa: E402
+from validate_data import check_jsonl, configure_images  # noqa: E402
 
 ADAPTER_FOLDER = "adapter"
 
@@ -59,6 +66,23 @@ def resume_point(args: FinetuneArguments) -> str | None:
             print(f"removed incomplete checkpoint {path} (no completion marker)", file=sys.stderr)
     checkpoint = newest_complete_checkpoint(args.output_dir)
     return str(checkpoint) if checkpoint else None
+
+
+def already_finished(trainer: MegrezOTrainer, args: FinetuneArguments) -> bool:
+    """True when --output_dir holds a finished run that reached the step count this run plans (counted the way the
+    Trainer counts it: --max_steps, or epochs times steps per epoch), so training again would change nothing
+    but the files' dates. A larger --max_steps or --num_train_epochs continues the run from its last checkpoint."""
+    finished = finished_run_step(args.output_dir)
+    if finished is None:
+        return False
+    planned = trainer.set_initial_training_values(args, trainer.get_train_dataloader())[-1]
+    if finished < planned:
+        return False
+    if args.should_log:
+        print(f"{args.output_dir} holds a finished run ({finished} steps, this run plans {planned}): nothing to do. "
+              "Choose a new --output_dir to train again, or raise --max_steps or --num_train_epochs to train on.",
+              flush=True)
+    return True
 
 
 def main() -> None:
@@ -99,11 +123,16 @@ def main() -> None:
         processor=processor,
         callbacks=[CheckpointCompleteCallback()],
     )
+    if already_finished(trainer, args):
+        return
     checkpoint = resume_point(args)
     if checkpoint and args.should_log:
         print(f"resuming from {checkpoint}", flush=True)
     trainer.train(resume_from_checkpoint=checkpoint)
     save_final(trainer, args, model_args.model_name_or_path)
+    trainer.accelerator.wait_for_everyone()
+    if args.should_save:
+        mark_run_finished(args.output_dir, trainer.state.global_step)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS) of rank {args.process_index}: {peak_mib:.0f} MiB", flush=True)
 

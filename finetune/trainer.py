@@ -1,11 +1,15 @@
 """The Trainer for MegrezO: the batch goes in whole, the processor is saved along, checkpoints say when they are done.
 
-Three things differ from transformers' `Trainer`:
+Four things differ from transformers' `Trainer`:
 - `compute_loss` calls `model(data=batch)`, the model's own batch format (`MegrezOBatch`). (That every encoder
   runs on every rank at every step, as ZeRO-3 needs, is the collator's job: see dataset.TrainingCollator.)
 - The processor (tokenizer, chat template, image/audio settings, its code) is saved with every checkpoint.
 - `CheckpointCompleteCallback` writes a marker file into a checkpoint after every rank has finished writing it,
   so a restart picks the newest checkpoint that is complete and never one cut short by a crash.
+- Resuming from a checkpoint that already reached the planned step count trains no further step (transformers
+  would train one more, at learning rate 0, before it compares the count).
+The run itself gets a marker too (`mark_run_finished`), written after the final model, so that starting a
+finished run again can say so and leave the folder as it is.
 """
 
 import re
@@ -17,6 +21,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 COMPLETE_MARKER = "checkpoint_complete"
+RUN_FINISHED_MARKER = "training_finished"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -44,6 +49,14 @@ class MegrezOTrainer(Trainer):
         loss_kwargs = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
         outputs = model(data=inputs, **loss_kwargs)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _run_epoch(self, *args, **kwargs) -> None:
+        """transformers' epoch loop checks the step count only after a step; a resumed state that is already at
+        `max_steps` (a crash after the last checkpoint, before the final model was saved) must not step again."""
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
 
 
 class CheckpointCompleteCallback(TrainerCallback):
@@ -81,3 +94,16 @@ def remove_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def mark_run_finished(output_dir: str | Path, global_step: int) -> None:
+    """Written by the main process once every rank has saved the final model: the run in `output_dir` is done."""
+    (Path(output_dir) / RUN_FINISHED_MARKER).write_text(f"global_step {global_step}\n")
+
+
+def finished_run_step(output_dir: str | Path) -> int | None:
+    """The step count a finished run in `output_dir` reached, or None when no run finished there."""
+    marker = Path(output_dir) / RUN_FINISHED_MARKER
+    if not marker.is_file():
+        return None
+    return int(marker.read_text().split()[1])

@@ -13,6 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from megrezo.audio_processing import load_audio
 from megrezo.image_processing_megrezo import load_image
 from megrezo.processing_megrezo import validate_conversation
@@ -58,8 +60,12 @@ def resolve_media(path: object, prefix: Path, kind: str) -> Path:
 
 
 def _decode(path: Path, kind: str) -> None:
+    """Decodes the file as training will; every failure becomes a ValueError naming the file. PIL refuses an image
+    whose header promises more pixels than it allows (a decompression bomb) with its own error class."""
     try:
         load_image(path) if kind == "image" else load_audio(path)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"image too large: {path.name} ({error})") from error
     except (ValueError, OSError) as error:
         what = "corrupt image" if kind == "image" else "undecodable audio"
         raise ValueError(f"{what}: {path.name} ({error})") from error
@@ -69,7 +75,7 @@ def check_line(text: str, prefix: Path, processor, model_max_length: int) -> tup
     """(conversation with absolute media paths, or None; problems) for one JSONL line."""
     try:
         record = json.loads(text.strip())
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, RecursionError) as error:
         return None, [f"not valid JSON ({error})"]
     if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
         return None, ['expected an object {"conversations": [...]}']
@@ -110,15 +116,21 @@ def check_line(text: str, prefix: Path, processor, model_max_length: int) -> tup
 
 
 def check_jsonl(path: str | Path, prefix: str | Path, processor, model_max_length: int) -> tuple[list[Record], list[Problem]]:
-    """Every line of a JSONL file checked; records are returned only for lines without problems."""
+    """Every line of a JSONL file checked; records are returned only for lines without problems. Lines are decoded
+    one by one, so a line that is not UTF-8 is reported with its number like any other problem."""
     path, prefix = Path(path), Path(prefix)
     if not path.is_file():
         return [], [Problem(0, f"data file not found: {path}")]
     if not prefix.is_dir():
         return [], [Problem(0, f"--dataset_prefix is not a folder: {prefix}")]
     records, problems = [], []
-    with path.open(encoding="utf-8") as lines:
-        for number, text in enumerate(lines, start=1):
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                problems.append(Problem(number, f"not valid UTF-8 (byte {raw[error.start]:#04x} at column {error.start + 1})"))
+                continue
             if not text.strip():
                 continue
             conversation, messages = check_line(text, prefix, processor, model_max_length)

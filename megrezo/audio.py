@@ -1,8 +1,10 @@
 """The audio path: Whisper-large-v3 encoder in the Qwen-Audio layout, 2x average pool, projector, begin/end vectors.
 
 Clips are padded to 30 s of mel features, but the encoder only runs on the frames the longest clip of the batch
-needs (plus the one mel frame the convolutions look ahead), and padded frames are masked out of attention, so a
-clip's vectors do not depend on what else is in the batch.
+needs, and padded frames are masked out of attention. Each clip enters the convolutions cut to its own 2*T1 mel
+frames (later frames are zero), as the authors' encoder computes a clip on its own: the convolution's right padding
+at a clip's last frame is zero, not the next mel frame. So a clip's vectors do not depend on what else is in the
+batch.
 """
 
 import math
@@ -87,12 +89,15 @@ class AudioEncoder(nn.Module):
     def encode_frames(self, mel: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
         """mel [A, n_mels, M], t1 [A] -> transformer output [A, max(t1), n_state], padded frames zeroed.
 
-        Only the first 2*max(t1)+1 mel frames feed the convolutions: exactly the frames their kernels reach for the
-        kept outputs, so trimming changes no value.
+        Clip a's mel frames from 2*t1[a] on are zero before `conv1` (the frame-edge rule of the contract): the
+        authors cut the features to 2*T1 frames, so the kernel at the last kept frame sees zero padding. Beyond
+        2*max(t1) nothing reaches a kept output, so the batch is cut there.
         """
         longest = int(t1.max())
         dtype = self.conv1.weight.dtype
-        x = F.gelu(self.conv1(mel[:, :, : 2 * longest + 1].to(dtype)))
+        mel = mel[:, :, : 2 * longest].to(dtype)
+        kept = torch.arange(mel.shape[2], device=mel.device)[None, :] < 2 * t1[:, None].to(mel.device)
+        x = F.gelu(self.conv1(mel * kept[:, None, :].to(dtype)))
         x = F.gelu(self.conv2(x))[:, :, :longest].transpose(1, 2)
         key_mask = torch.arange(longest, device=x.device)[None, :] < t1[:, None].to(x.device)
         x = (x + self.positional_embedding[:longest].to(dtype)) * key_mask[..., None]

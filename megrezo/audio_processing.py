@@ -3,7 +3,7 @@
 The audio tower is the Whisper-large-v3 encoder, which sees at most 30 s at a time. So a waveform is decoded to
 16 kHz mono float32, cut into consecutive clips of at most 30 s (nothing is dropped), and each clip becomes
 128-bin log-mel features padded to 3000 frames plus the lengths that tell the model how many positions the clip
-fills in the text (spec §3).
+fills in the text (docs/contract.md §3).
 
 This module is shipped next to a checkpoint as remote code, so it imports only within the package and loads
 librosa lazily (its first import takes seconds).

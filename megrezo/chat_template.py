@@ -2,8 +2,15 @@
 
 A conversation is rendered as `<|role_start|>{role}<|role_end|>{content}<|turn_end|>` per turn, with no BOS. A
 default system turn is added when the conversation has none. A turn whose content is a dict gets one
-`(<image>./</image>)` line per image, then `Audio {k}: (<audio>./</audio>)` per audio (k counts the conversation's
-audios from 1), then its text; the processor later expands those placeholders into filler tokens.
+`(<image>./</image>)` line per image, then `Audio {k}: (<audio>./</audio>)` per audio item (k counts the
+conversation's audio items from 1), then its text; the processor later expands those placeholders into filler
+tokens.
+
+The template can be given the media themselves, as the authors' vLLM example does
+(`tokenizer.apply_chat_template(conversation, ...)` with a PIL image in the content). Only a Python list holds
+several items; any other value (a path, a PIL image, a numpy array or torch tensor, an `(array, rate)` tuple, bytes,
+a dict) is one item. Jinja has no list test, so a list is recognised as the sequence that is neither a string, a
+mapping, an array (`ndim`) nor bytes (`decode`) and has both `copy` and `count` (a tuple has no `copy`).
 """
 
 DEFAULT_SYSTEM_PROMPT = "你是Megrez-3B-Instruct，将针对用户的问题给出详细的、积极的回答。"
@@ -21,8 +28,12 @@ CHAT_TEMPLATE = (
     "{%- if content is string -%}{{- content -}}"
     "{%- else -%}"
     "{%- for key, line in [('image', '(<image>./</image>)\\n'), ('audio', ': (<audio>./</audio>)\\n')] -%}"
-    "{%- set items = content.get(key) -%}"
-    "{%- set items = [] if items is none else ([items] if items is string or items is mapping else items) -%}"
+    "{%- set value = content.get(key) -%}"
+    "{%- if value is none -%}{%- set items = [] -%}"
+    "{%- elif value is sequence and value is not string and value is not mapping and value.ndim is not defined"
+    " and value.decode is not defined and value.copy is defined and value.count is defined -%}"
+    "{%- set items = value -%}"
+    "{%- else -%}{%- set items = [value] -%}{%- endif -%}"
     "{%- for item in items -%}"
     "{%- if key == 'audio' -%}{%- set audio.count = audio.count + 1 -%}"
     "{{- 'Audio ' + audio.count|string + line -}}"

@@ -30,7 +30,7 @@ class MegrezOConfig(LlamaConfig):
     - `resampler_num_heads`: heads of the resampler's cross-attention. The release has none; its 20 heads for
       width 2560 are `hidden_size // 128`, which is the default.
     - `audio_start_token` / `audio_end_token`: the strings around an audio span. Not recovered from the release
-      (spec [choice]); the tokenizer of a checkpoint decides the ids.
+      (a [choice] of docs/contract.md); the tokenizer of a checkpoint decides the ids.
     """
 
     model_type = "megrezo"

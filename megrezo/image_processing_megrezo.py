@@ -1,7 +1,7 @@
 """Image side of Megrez-3B-Omni: load an image, slice it the way the released checkpoint was trained, lay each slice
 out as a strip of 14x14 patches and pad the slices of a batch into an `ImageEncoding`.
 
-The slicing follows the MiniCPM-V 2.6 rules that the release inherits (see the spec, section 2), so the number of
+The slicing follows the MiniCPM-V 2.6 rules that the release inherits (see docs/contract.md, section 2), so the number of
 slices, their sizes and their pixels match what the authors' code feeds the vision tower. Pixels stay 0..255; the
 model normalises them. This file is shipped next to a checkpoint as remote code, so it only imports from the
 standard library, torch, numpy, PIL, transformers and `batch_format.py`.

@@ -125,7 +125,13 @@ class MegrezO(MegrezOPreTrainedModel):
         **generation_kwargs,
     ) -> torch.Tensor:
         """Composes the embeddings once, then lets the LLM decode with its KV cache. Returns only the new tokens
-        [B, new] (transformers returns just the continuation when generating from `inputs_embeds`)."""
+        [B, new].
+
+        The LLM gets the prompt's token ids beside its embeddings. The embeddings feed the first step; the ids are
+        what logits processors see, so a repetition penalty counts the prompt's tokens and the generated ones, as
+        vLLM and transformers (generating from ids) do. Padding is no part of a prompt: in those ids a row's pad
+        positions repeat its first real token, which the penalty counts anyway, so padding changes nothing.
+        """
         batch: MegrezOBatch = {
             "input_ids": input_ids,
             "image_encoding": image_encoding,
@@ -134,12 +140,16 @@ class MegrezO(MegrezOPreTrainedModel):
         embeds = self.compose_embeddings(batch)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return self.llm.generate(
+        first_real = attention_mask.argmax(dim=1, keepdim=True)
+        prompt_ids = torch.where(attention_mask.bool(), input_ids, input_ids.gather(1, first_real))
+        sequences = self.llm.generate(
+            input_ids=prompt_ids,
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             generation_config=generation_config,
             **generation_kwargs,
         )
+        return sequences[:, input_ids.shape[1] :]
 
     _chat_processor_lock = threading.Lock()
 
@@ -178,8 +188,10 @@ class MegrezO(MegrezOPreTrainedModel):
         run as one left-padded batch and give a list of replies.
 
         Greedy by default; `sampling=True` uses top_p 0.8, top_k 100, temperature 0.7 (the release's demo values);
-        repetition_penalty is 1.2 in both. `generation_overrides` that are `GenerationConfig` fields win over these;
-        the others (`logits_processor`, `stopping_criteria`, ...) go to `generate` as they are.
+        `sampling=True, temperature=0` is greedy, as in vLLM and the OpenAI API. repetition_penalty is 1.2 in both
+        and penalises the tokens of the prompt and of the reply (see `generate`). `generation_overrides` that are
+        `GenerationConfig` fields win over these; the others (`logits_processor`, `stopping_criteria`, ...) go to
+        `generate` as they are.
         Decoding stops at `<|turn_end|>` or `<|eos|>`; the reply is the text before the stop token, decoded without
         special tokens. `streamer` (e.g. a fresh `TextIteratorStreamer` per call) works with one conversation.
         `return_tokens=True` returns the generated ids before the stop token instead of text.
@@ -217,6 +229,8 @@ class MegrezO(MegrezOPreTrainedModel):
             settings.update(top_p=0.8, top_k=100, temperature=0.7)
         defaults = GenerationConfig()
         settings.update({key: value for key, value in generation_overrides.items() if hasattr(defaults, key)})
+        if settings["do_sample"] and settings.get("temperature") == 0:
+            settings.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         generate_kwargs = {key: value for key, value in generation_overrides.items() if not hasattr(defaults, key)}
         generated = self.generate(
             input_ids=batch["input_ids"],

@@ -4,10 +4,11 @@ One conversation goes through four steps:
 1. Media are decoded: every image is sliced (`MegrezOImageProcessor`), every audio item is decoded to 16 kHz and cut
    into clips of at most 30 s (`audio_processing`).
 2. The chat template renders the conversation with one placeholder per image, `(<image>./</image>)`, and one per
-   audio *clip*, `Audio k: (<audio>./</audio>)`. The template sees each audio item already expanded into its clips
-   (as a list of clip markers), so a 65 s recording reads as three numbered audios and nothing is dropped.
-3. Each placeholder is replaced by its token layout (spec §4) with a single `<|unk|>` standing for each filler run,
-   the text is tokenised once (so tokenisation is exactly that of the fully expanded text, since `<|unk|>` is a
+   audio item, `Audio k: (<audio>./</audio>)` (k counts the conversation's audio items from 1).
+3. Each placeholder is replaced by its token layout (docs/contract.md) with a single `<|unk|>` standing for each
+   filler run; an audio item longer than 30 s gets its clips' layouts back to back behind its one `Audio k:` label,
+   the layout vLLM builds from the same prompt. The text is tokenised once
+   (so tokenisation is exactly that of the fully expanded text, since `<|unk|>` is a
    special token that always stands alone), and the filler ids are then repeated to their run lengths. The bounds
    are read off the positions of those runs.
 4. Labels, when asked for, cover the tokens of assistant turns (their text and `<|turn_end|>`); the turn boundaries
@@ -77,19 +78,21 @@ class _ConversationMedia:
     """A conversation's decoded media in order of appearance, and the template's view of its messages."""
 
     images: list[ProcessedImage]
-    clips: list[np.ndarray]
+    audios: list[list[np.ndarray]]
+    """Each audio item's 16 kHz clips of at most 30 s."""
     template_messages: list[Message]
 
+    @property
+    def clips(self) -> list[np.ndarray]:
+        return [clip for clips in self.audios for clip in clips]
 
-def _as_items(value: object, kind: str) -> list:
-    """One item or a list of items. For audio, an `(array, rate)` tuple is a single item, not a list of two."""
+
+def media_items(value: object) -> list:
+    """A content value as its media items: a list holds several, anything else (a path, a PIL image, an array, an
+    `(array, rate)` tuple, bytes, a dict) is one. The chat template follows the same rule."""
     if value is None:
         return []
-    if kind == "audio" and isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int | np.integer):
-        return [value]
-    if isinstance(value, list | tuple):
-        return list(value)
-    return [value]
+    return list(value) if isinstance(value, list) else [value]
 
 
 def validate_conversation(messages: object, add_generation_prompt: bool) -> Conversation:
@@ -115,7 +118,7 @@ def validate_conversation(messages: object, add_generation_prompt: bool) -> Conv
             if text is not None and not isinstance(text, str):
                 raise ValueError(f"messages[{index}]: 'text' must be a string, got {type(text).__name__}")
             has_content = bool(text and text.strip()) or any(
-                _as_items(content.get(kind), kind) for kind in ("image", "audio")
+                media_items(content.get(kind)) for kind in ("image", "audio")
             )
         else:
             raise ValueError(
@@ -135,6 +138,20 @@ def validate_conversation(messages: object, add_generation_prompt: bool) -> Conv
             "end it with a user turn"
         )
     return list(messages)
+
+
+def template_view(messages: Conversation) -> Conversation:
+    """The conversation as the chat template sees it: text as it is, each media value as a list with one marker per
+    item, so any template that counts items renders the same placeholders whatever form the media take."""
+    view = []
+    for message in messages:
+        content = message["content"]
+        if not isinstance(content, str):
+            content = {"text": content.get("text") or ""} | {
+                kind: [kind] * len(items) for kind in ("image", "audio") if (items := media_items(content.get(kind)))
+            }
+        view.append({"role": message["role"], "content": content})
+    return view
 
 
 class MegrezOProcessor(ProcessorMixin):
@@ -172,7 +189,7 @@ class MegrezOProcessor(ProcessorMixin):
     @classmethod
     def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
         """A checkpoint with only preprocessor_config.json (the release) has no saved Whisper settings: use the
-        spec's (128 mel bins, 16 kHz)."""
+        contract's (128 mel bins, 16 kHz)."""
         processor_dict = dict(processor_dict or {})
         if "audio_feature_extractor" not in processor_dict:
             processor_dict["audio_feature_extractor"] = {
@@ -184,7 +201,7 @@ class MegrezOProcessor(ProcessorMixin):
 
     def _special_token_ids(self) -> dict[str, int | None]:
         """Ids of the layout's tokens, from the tokenizer (a token it does not know must not silently become unk).
-        Text and image tokens must exist. The audio pair was not recovered from the release (spec [choice]), so a
+        Text and image tokens must exist. The audio pair was not recovered from the release (a [choice] of docs/contract.md), so a
         tokenizer may lack it: its ids are then None and only a conversation with audio fails."""
         required = [
             UNK,
@@ -237,7 +254,7 @@ class MegrezOProcessor(ProcessorMixin):
         return split_into_clips(wave)
 
     def image_layout(self, index: int, image: ProcessedImage) -> str:
-        """Text of image `index` (spec §4) with one `<|unk|>` standing for each slice's filler run."""
+        """Text of image `index` (docs/contract.md §4) with one `<|unk|>` standing for each slice's filler run."""
         text = f"{IMAGE_ID_START}{index}{IMAGE_ID_END}{IMAGE_START}{UNK}{IMAGE_END}"
         if image.grid is not None:
             cols, rows = image.grid
@@ -247,32 +264,20 @@ class MegrezOProcessor(ProcessorMixin):
 
     def _decode_media(self, messages: Conversation) -> _ConversationMedia:
         """Decode every image and audio item in order; errors say which message and item failed."""
-        images, clips, template_messages = [], [], []
+        images, audios = [], []
         for index, message in enumerate(messages):
             content = message["content"]
             if isinstance(content, str):
-                template_messages.append({"role": message["role"], "content": content})
                 continue
-            view = {"text": content.get("text") or ""}
-            for kind in ("image", "audio"):
-                markers = []
-                if kind == "audio" and _as_items(content.get(kind), kind):
-                    self._require_audio_tokens()
-                for number, item in enumerate(_as_items(content.get(kind), kind)):
+            if media_items(content.get("audio")):
+                self._require_audio_tokens()
+            for kind, decode, decoded in (("image", self.process_image, images), ("audio", self.process_audio, audios)):
+                for number, item in enumerate(media_items(content.get(kind))):
                     try:
-                        if kind == "image":
-                            images.append(self.process_image(item))
-                            markers.append(kind)
-                        else:
-                            item_clips = self.process_audio(item)
-                            clips.extend(item_clips)
-                            markers.extend([kind] * len(item_clips))
+                        decoded.append(decode(item))
                     except (ValueError, OSError) as error:
                         raise type(error)(f"messages[{index}] {kind} {number}: {error}") from error
-                if markers:
-                    view[kind] = markers
-            template_messages.append({"role": message["role"], "content": view})
-        return _ConversationMedia(images, clips, template_messages)
+        return _ConversationMedia(images, audios, template_view(messages))
 
     def render(self, template_messages: Conversation, add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
@@ -290,14 +295,14 @@ class MegrezOProcessor(ProcessorMixin):
         pattern = re.compile(re.escape(IMAGE_PLACEHOLDER) + "|" + re.escape(AUDIO_PLACEHOLDER))
         matches = list(pattern.finditer(rendered))
         image_count = sum(match.group() == IMAGE_PLACEHOLDER for match in matches)
-        if image_count != len(media.images) or len(matches) - image_count != len(media.clips):
+        if image_count != len(media.images) or len(matches) - image_count != len(media.audios):
             raise ValueError(
                 f"the chat template rendered {image_count} image and {len(matches) - image_count} audio placeholders "
-                f"for {len(media.images)} images and {len(media.clips)} audio clips (does a text contain a literal "
+                f"for {len(media.images)} images and {len(media.audios)} audio items (does a text contain a literal "
                 f"{IMAGE_PLACEHOLDER} or {AUDIO_PLACEHOLDER}, or does the template drop media?)"
             )
         pieces, runs, media_ranges, shifts = [], [], [], []
-        cursor, length, image_index, clip_index = 0, 0, 0, 0
+        cursor, length, image_index, audio_index = 0, 0, 0, 0
         for match in matches:
             pieces.append(rendered[cursor : match.start()])
             length += match.start() - cursor
@@ -307,10 +312,12 @@ class MegrezOProcessor(ProcessorMixin):
                     runs.append(_MediaRun("image", length + offset, self.image_processor.image_feature_size))
                 image_index += 1
             else:
-                _, _, span = audio_span_length(len(media.clips[clip_index]))
-                layout = f"{self.audio_start_token}{UNK}{self.audio_end_token}"
-                runs.append(_MediaRun("audio", length + len(self.audio_start_token), span))
-                clip_index += 1
+                clip_layout = f"{self.audio_start_token}{UNK}{self.audio_end_token}"
+                layout = clip_layout * len(media.audios[audio_index])
+                for number, clip in enumerate(media.audios[audio_index]):
+                    position = length + number * len(clip_layout) + len(self.audio_start_token)
+                    runs.append(_MediaRun("audio", position, audio_span_length(len(clip))[2]))
+                audio_index += 1
             pieces.append(layout)
             media_ranges.append((length, length + len(layout)))
             length += len(layout)

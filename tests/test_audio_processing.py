@@ -1,4 +1,4 @@
-"""Audio path of the processor: decoding, 30 s clips, span lengths (spec §3) and Whisper features."""
+"""Audio path of the processor: decoding, 30 s clips, span lengths (docs/contract.md §3) and Whisper features."""
 
 import shutil
 import subprocess
@@ -36,7 +36,7 @@ def aligned_correlation(reference: np.ndarray, decoded: np.ndarray, max_lag: int
     return best
 
 
-# Spans (spec §3)
+# Spans (docs/contract.md §3)
 
 
 @pytest.mark.parametrize(("seconds", "span"), [(1, 27), (5, 127), (30, 752)])

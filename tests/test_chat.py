@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,14 +99,17 @@ def test_two_threads_each_get_their_own_text(tiny_model):
 
 
 class ForceTokenAt(LogitsProcessor):
-    """Forces `token_id` as the `step`-th generated token (0-based). Generating from embeddings, the ids the
-    processors see are the generated tokens only."""
+    """Forces `token_id` as the `step`-th generated token (0-based). The ids the processors see are the prompt's
+    followed by the generated ones; the first call sees the prompt alone."""
 
     def __init__(self, token_id: int, step: int):
         self.token_id, self.step = token_id, step
+        self.prompt_length = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] == self.step:
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
+        if input_ids.shape[1] - self.prompt_length == self.step:
             forced = torch.full_like(scores, float("-inf"))
             forced[:, self.token_id] = 0.0
             return forced
@@ -134,9 +138,9 @@ class Recorder:
         self.stop_id = stop_id
         self.configs = []
 
-    def __call__(self, inputs_embeds, generation_config, **kwargs):
+    def __call__(self, input_ids, inputs_embeds, generation_config, **kwargs):
         self.configs.append(generation_config)
-        return torch.full((inputs_embeds.shape[0], 1), self.stop_id)
+        return torch.cat([input_ids, torch.full((len(input_ids), 1), self.stop_id)], dim=1)
 
 
 def test_generation_settings_follow_the_spec(tiny_model, monkeypatch):
@@ -153,6 +157,32 @@ def test_generation_settings_follow_the_spec(tiny_model, monkeypatch):
     assert (sampled.do_sample, sampled.top_p, sampled.top_k, sampled.temperature) == (True, 0.8, 100, 0.7)
     assert (sampled.repetition_penalty, sampled.max_new_tokens) == (1.2, 7)
     assert (overridden.repetition_penalty, overridden.top_p, overridden.top_k) == (1.0, 0.5, 100)
+
+
+def test_sampling_at_temperature_zero_is_greedy(tiny_model, singles):
+    """vLLM's and the OpenAI API's convention: temperature 0 means greedy, whatever `sampling` says."""
+    tokens = tiny_model.chat(CONVERSATIONS[2], sampling=True, temperature=0, max_new_tokens=NEW_TOKENS, return_tokens=True)
+    assert tokens == singles[2]
+
+
+def test_repetition_penalty_counts_the_prompt_as_generating_from_ids_does(tiny_model):
+    """The repetition penalty's one meaning: tokens of the prompt and of the reply are penalised. For a text-only
+    prompt transformers' own generate from input ids is the reference; the chat's default settings (greedy,
+    penalty 1.2) must give its tokens, and with no warning."""
+    processor = tiny_model.chat_processor()
+    conversation = CONVERSATIONS[2][:1] + [{"role": "user", "content": "Say the same word again and again: again"}]
+    prompt = processor(conversation)["input_ids"]
+    stops = [processor.token_ids["<|turn_end|>"], processor.token_ids["<|eos|>"]]
+    reference = tiny_model.llm.generate(
+        input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False, repetition_penalty=1.2,
+        max_new_tokens=24, eos_token_id=stops, pad_token_id=processor.token_ids["<|pad|>"],
+    )[0, prompt.shape[1] :].tolist()
+    reference = reference[: next((i for i, t in enumerate(reference) if t in stops), len(reference))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tokens = tiny_model.chat(conversation, max_new_tokens=24, return_tokens=True)
+    assert tokens == reference
+    assert tokens != tiny_model.chat(conversation, max_new_tokens=24, return_tokens=True, repetition_penalty=1.0)
 
 
 def test_bfloat16_model_chats(tiny_checkpoint):

@@ -79,18 +79,18 @@ def test_vision_tower_equals_idefics2_on_an_unpadded_slice(model):
     assert rel_error(ours, theirs) <= 1e-5
 
 
-def test_audio_stack_equals_whisper_encoder(model):
-    encoder = model.audio.audio
-    acfg = model.config.audio_config
+def whisper_with_weights(encoder, acfg, positions: int) -> WhisperEncoder:
+    """transformers' WhisperEncoder holding `encoder`'s weights, for inputs of exactly 2 * `positions` mel frames
+    (Whisper insists on that length, which makes it the reference for a clip cut to 2*T1 frames)."""
     whisper = WhisperEncoder(WhisperConfig(
         d_model=acfg.n_state, encoder_layers=acfg.n_layer, encoder_attention_heads=acfg.n_head,
-        encoder_ffn_dim=4 * acfg.n_state, num_mel_bins=acfg.n_mels, max_source_positions=acfg.n_ctx,
+        encoder_ffn_dim=4 * acfg.n_state, num_mel_bins=acfg.n_mels, max_source_positions=positions,
         activation_function="gelu",
     )).eval()
     mapped = {
         "conv1.weight": encoder.conv1.weight, "conv1.bias": encoder.conv1.bias,
         "conv2.weight": encoder.conv2.weight, "conv2.bias": encoder.conv2.bias,
-        "embed_positions.weight": encoder.positional_embedding,
+        "embed_positions.weight": encoder.positional_embedding[:positions],
         "layer_norm.weight": encoder.ln_post.weight, "layer_norm.bias": encoder.ln_post.bias,
     }
     for i, block in enumerate(encoder.blocks):
@@ -104,14 +104,39 @@ def test_audio_stack_equals_whisper_encoder(model):
             for key, tensor in module.state_dict().items():
                 mapped[f"layers.{i}.{name}.{key}"] = tensor
     whisper.load_state_dict(mapped, strict=True)
+    return whisper
+
+
+def normed_frames(encoder, mel: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:
+    """Our transformer output with Whisper's final LayerNorm (ours applies `ln_post` after the pool)."""
+    frames = encoder.encode_frames(mel, t1)
+    return torch.nn.functional.layer_norm(
+        frames, (frames.shape[-1],), encoder.ln_post.weight, encoder.ln_post.bias, encoder.ln_post.eps
+    )
+
+
+def test_audio_stack_equals_whisper_encoder(model):
+    encoder, acfg = model.audio.audio, model.config.audio_config
+    whisper = whisper_with_weights(encoder, acfg, acfg.n_ctx)
     mel = torch.randn(1, acfg.n_mels, 3000)
     with torch.no_grad():
         theirs = whisper(mel).last_hidden_state
-        frames = encoder.encode_frames(mel, torch.tensor([1500]))
-        ours = torch.nn.functional.layer_norm(
-            frames, (acfg.n_state,), encoder.ln_post.weight, encoder.ln_post.bias, encoder.ln_post.eps
-        )
+        ours = normed_frames(encoder, mel, torch.tensor([1500]))
     assert rel_error(ours, theirs) <= 1e-5
+
+
+@pytest.mark.parametrize("t1s", [[50], [13], [1500, 50, 13]], ids=["1s", "0.25s", "batch of 30s+1s+0.25s"])
+def test_each_clip_enters_the_convolutions_cut_to_2_t1_frames(model, t1s):
+    """The frame-edge rule: clip a is computed as Whisper computes its mel features cut to 2*T1 frames, so the
+    convolution's right padding at the clip's last frame is zero, whatever follows in the padded 3000 frames and
+    whatever else is in the batch."""
+    encoder, acfg = model.audio.audio, model.config.audio_config
+    mel = torch.randn(len(t1s), acfg.n_mels, 3000)
+    with torch.no_grad():
+        ours = normed_frames(encoder, mel, torch.tensor(t1s))
+        for index, t1 in enumerate(t1s):
+            theirs = whisper_with_weights(encoder, acfg, t1)(mel[index : index + 1, :, : 2 * t1]).last_hidden_state
+            assert rel_error(ours[index : index + 1, :t1], theirs) <= 1e-5, f"clip {index} (T1 = {t1})"
 
 
 def test_audio_output_is_pool_norm_projection_between_begin_and_end(model):

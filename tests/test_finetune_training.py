@@ -8,6 +8,7 @@ Trainer, saving and the completion markers are all exercised. Weights are compar
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ sys.path.append(str(REPO / "finetune"))  # the scripts import each other by name
 
 from dataset import TrainingCollator  # noqa: E402
 from modules import GROUPS, module_group  # noqa: E402
-from trainer import COMPLETE_MARKER  # noqa: E402
+from trainer import COMPLETE_MARKER, RUN_FINISHED_MARKER  # noqa: E402
 
 SMALL_IMAGES = ["--scale_resolution", "56", "--max_slice_nums", "1"]
 QUIET = ["--report_to", "none", "--disable_tqdm", "true", "--dataloader_num_workers", "0", "--seed", "0"]
@@ -323,6 +324,33 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_checkpoint, tmp_pat
     assert all(torch.equal(final[name], expected[name]) for name in expected)
 
 
+def test_finished_run_started_again_changes_nothing(tiny_checkpoint, tmp_path):
+    """Starting a finished run again with the same output folder says it is finished and leaves every file as it
+    was (transformers alone would resume the last checkpoint and train one more step at learning rate 0). And if
+    the run was cut off after its last checkpoint, before the final model was complete, starting it again writes
+    the final model from that checkpoint without a further step."""
+    steps = ["--per_device_train_batch_size", "2", "--learning_rate", "1e-3", "--max_steps", "3", "--save_steps", "2"]
+    output = tmp_path / "out"
+    run(finetune_command(tiny_checkpoint, output, *steps), timeout=600)
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    finished = folder_listing(output)
+
+    log = run(finetune_command(tiny_checkpoint, output, *steps), timeout=600)
+    assert f"{output} holds a finished run (3 steps, this run plans 3): nothing to do" in log, log[-3000:]
+    assert folder_listing(output) == finished
+
+    trained = weights(output)
+    for name in (RUN_FINISHED_MARKER, "model.safetensors", "trainer_state.json"):
+        (output / name).unlink()  # what a kill after checkpoint-3, during the final save, leaves
+    log = run(finetune_command(tiny_checkpoint, output, *steps), timeout=600)
+    assert f"resuming from {output / 'checkpoint-3'}" in log
+    assert sorted(path.name for path in output.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert json.loads((output / "trainer_state.json").read_text())["global_step"] == 3
+    final = weights(output)
+    assert all(torch.equal(final[name], trained[name]) for name in trained)
+    assert (output / RUN_FINISHED_MARKER).read_text() == "global_step 3\n"
+
+
 # ---------------------------------------------------------------- 2 processes, DeepSpeed
 
 def deepspeed_env() -> dict:
@@ -330,30 +358,111 @@ def deepspeed_env() -> dict:
         "TORCH_EXTENSIONS_DIR", str(REPO / ".venv" / "torch_extensions")), "MASTER_PORT": str(29500 + os.getpid() % 500)}
 
 
-def test_zero2_two_processes_from_finetune_sh(tiny_checkpoint, tmp_path):
-    """finetune.sh as shipped (2 processes, ZeRO-2, gradient checkpointing, all modules tuned) for 2 steps with
-    fp32 (CPUs have no bf16 training path in the Trainer) and small images; the result chats on its own."""
-    output = tmp_path / "out"
-    env = {**deepspeed_env(), "MODEL_PATH": str(tiny_checkpoint), "OUTPUT_DIR": str(output), "PYTHON": PYTHON}
+def readme_cpu_try_command() -> str:
+    """The README's command for trying finetune.sh without a GPU (the same line in both READMEs)."""
+    pattern = re.compile(r"^MODEL_PATH=\S+ OUTPUT_DIR=\S+ sh finetune/finetune\.sh --max_steps \d+$", re.MULTILINE)
+    commands = [pattern.findall((REPO / name).read_text(encoding="utf-8")) for name in ("README.md", "README_zh.md")]
+    assert commands[0] and commands[0] == commands[1], commands
+    return commands[0][0]
+
+
+def test_readme_finetune_command_runs_under_sh_without_gpu(tiny_checkpoint, tmp_path):
+    """The README's finetune.sh command, run by `sh` (dash here) as written, on a machine without a GPU: the
+    script picks the CPU settings itself (fp32, DeepSpeed on the CPU) and trains the shipped data with the shipped
+    recipe (2 processes, ZeRO-2, gradient checkpointing, all modules tuned). Only the checkpoint and output folders
+    are swapped for the test's. The result chats on its own."""
+    command = readme_cpu_try_command()
+    model, output = re.search(r"MODEL_PATH=(\S+) OUTPUT_DIR=(\S+) ", command).groups()
+    output_dir = tmp_path / "out"
+    command = command.replace(model, str(tiny_checkpoint)).replace(output, str(output_dir))
     started = time.monotonic()
-    log = run(["bash", "finetune/finetune.sh", "--bf16", "false", "--max_steps", "2", "--save_steps", "2",
-               "--dataloader_num_workers", "0", *SMALL_IMAGES], timeout=900, env=env)
+    log = run(["sh", "-c", command], timeout=900, env=deepspeed_env())
     print(f"ZeRO-2 run: {time.monotonic() - started:.0f} s")
+    assert "no GPU found, training on 2 CPU processes in fp32" in log, log[-3000:]
     assert "processes: 2, DeepSpeed ZeRO stage 2" in log, log[-3000:]
     print("\n".join(line for line in log.splitlines() if line.startswith("peak memory")))
-    shards = sorted(path.name for path in (output / "checkpoint-2" / "global_step2").glob("*optim_states.pt"))
+    steps = int(command.rsplit(maxsplit=1)[1])
+    shards = sorted(path.name for path in (output_dir / f"checkpoint-{steps}" / f"global_step{steps}").glob(
+        "*optim_states.pt"))
     assert len(shards) == 2, shards  # the optimizer state is partitioned over both ranks
-    state = json.loads((output / "trainer_state.json").read_text())
+    state = json.loads((output_dir / "trainer_state.json").read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
-    assert state["global_step"] == 2 and losses and all(math.isfinite(loss) for loss in losses)
+    assert state["global_step"] == steps and losses and all(math.isfinite(loss) for loss in losses)
+    assert weights(output_dir)["llm.lm_head.weight"].dtype == torch.float32
 
     image, audio = str(REPO / "data/train/images/red_square.jpg"), str(REPO / "data/train/audios/red.wav")
     conversations = [[{"role": "user", "content": {"text": "What is this?", "image": image}}],
                      [{"role": "user", "content": {"text": "Which word?", "audio": audio}}]]
-    for result in chat_outside_repo([output, output / "checkpoint-2"], conversations, tmp_path):
+    for result in chat_outside_repo([output_dir, output_dir / f"checkpoint-{steps}"], conversations, tmp_path):
         assert result["model"].startswith("transformers_modules.")
         assert result["processor"].startswith("transformers_modules.")
         assert len(result["replies"]) == 2 and all(isinstance(reply, str) for reply in result["replies"])
+
+
+def test_finetune_sh_plain_ddp_switch(tiny_checkpoint, tmp_path):
+    """DEEPSPEED=none runs finetune.sh as plain DDP: 2 processes in one job (the shipped 12 records make 6 steps
+    of 2 samples for one epoch; 2 independent runs would make 12 steps each) and no DeepSpeed. Run by bash here,
+    by sh in the other tests: the script is written for both."""
+    output = tmp_path / "out"
+    env = {**deepspeed_env(), "DEEPSPEED": "none", "MODEL_PATH": str(tiny_checkpoint), "OUTPUT_DIR": str(output)}
+    log = run(["bash", "finetune/finetune.sh", "--save_strategy", "no"], timeout=600, env=env)
+    assert "processes: 2, DeepSpeed off" in log and "DeepSpeed ZeRO" not in log, log[-3000:]
+    records = len(TRAIN_DATA.read_text().splitlines())
+    assert json.loads((output / "trainer_state.json").read_text())["global_step"] == records // 2
+    assert (output / "model.safetensors").is_file()
+
+
+def rank_processes(marker: str) -> list[int]:
+    """Running processes (zombies excluded) of finetune.py whose command line holds `marker`; not the launcher."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        words = [word.decode(errors="replace") for word in command]
+        if state != "Z" and marker in words and any(word.endswith("finetune/finetune.py") for word in words) \
+                and "torch.distributed.run" not in words:
+            found.append(int(proc.name))
+    return found
+
+
+def folder_listing(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(path): (path.stat().st_size, path.stat().st_mtime_ns) for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ranks follow their launcher through Linux's prctl")
+def test_killing_the_launchers_process_group_stops_the_ranks(tiny_checkpoint, tmp_path):
+    """A scheduler stops a job with SIGKILL to its process group. torchrun starts the ranks in sessions of their
+    own, out of that group; they must still stop (and stop writing the output folder) once the launcher is gone."""
+    output = tmp_path / "out"
+    env = {**os.environ, **deepspeed_env(), "DEEPSPEED": "none", "MODEL_PATH": str(tiny_checkpoint),
+           "OUTPUT_DIR": str(output)}
+    job = subprocess.Popen(["sh", "finetune/finetune.sh", "--max_steps", "100000", "--save_steps", "1"], cwd=REPO,
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (output / "checkpoint-1" / COMPLETE_MARKER).exists():
+            assert job.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.05)
+        ranks = rank_processes(str(output))
+        assert len(ranks) >= 2, ranks  # 2 ranks (and their data loader workers)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    deadline = time.monotonic() + 30  # data loader workers notice their rank is gone within 5 s
+    while rank_processes(str(output)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = rank_processes(str(output))
+    try:
+        assert not survivors, f"ranks still running after the launcher was killed: {survivors}"
+        before = folder_listing(output)
+        time.sleep(5)
+        assert folder_listing(output) == before, "the output folder still changes"
+    finally:
+        for pid in survivors:
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_zero3_ranks_with_different_media_do_not_hang(tiny_checkpoint, tmp_path):

@@ -1,4 +1,4 @@
-"""Checks of the image processor against the spec's worked examples and against plain array arithmetic, written
+"""Checks of the image processor against the contract's worked examples and against plain array arithmetic, written
 without calling the module's own helpers where the point is to check them."""
 
 import io
@@ -22,7 +22,7 @@ from megrezo.image_processing_megrezo import (
     slice_image,
 )
 
-SPEC_CONFIG = Path("/work/shared/spec/release_preprocessor_config.json")
+RELEASE_PREPROCESSOR_CONFIG = Path(__file__).parent / "fixtures" / "release" / "preprocessor_config.json"
 PACKAGE_DIR = Path(image_processing.__file__).parent
 PATCH = 14
 
@@ -33,15 +33,8 @@ def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 def release_config() -> dict:
-    if SPEC_CONFIG.exists():
-        return json.loads(SPEC_CONFIG.read_text())
-    return {
-        "scale_resolution": 448,
-        "max_slice_nums": 9,
-        "patch_size": 14,
-        "slice_mode": True,
-        "image_feature_size": 64,
-    }
+    """The released preprocessor_config.json, as the checkpoint ships it."""
+    return json.loads(RELEASE_PREPROCESSOR_CONFIG.read_text())
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """MegrezOProcessor: messages -> token layout, bounds, labels, collated batch, and its errors.
 
-Expected token sequences are built independently of the processor: the spec's layout written out as one string with
+Expected token sequences are built independently of the processor: the contract's layout (docs/contract.md) written out as one string with
 every filler `<|unk|>` spelled out, tokenised by the tokenizer in one call (the slow path the processor avoids).
 Slicing and span arithmetic themselves are tested at the function level in test_image_processing.py and
 test_audio_processing.py; here the outcome is checked where it lands, in input_ids and bounds.
@@ -17,7 +17,7 @@ from transformers import AutoProcessor, WhisperFeatureExtractor
 
 from megrezo.batch_format import validate_audio_encoding, validate_image_encoding
 from megrezo.chat_template import DEFAULT_SYSTEM_PROMPT
-from megrezo.processing_megrezo import MegrezOProcessor
+from megrezo.processing_megrezo import MegrezOProcessor, template_view
 
 QUERY = 64
 RATE = 16000
@@ -42,7 +42,7 @@ def tone(seconds: float, rate: int = RATE) -> np.ndarray:
 
 
 def image_text(index: int, grid: tuple[int, int] | None) -> str:
-    """Spec §4 layout of image `index`, every filler spelled out."""
+    """The contract's §4 layout of image `index`, every filler spelled out."""
     text = f"<|image_id_start|>{index}<|image_id_end|><|image_start|>{UNK_RUN}<|image_end|>"
     if grid is not None:
         cols, rows = grid
@@ -95,14 +95,18 @@ def test_audio_span_in_the_layout(processor, seconds, span):
     assert (b, end - start - 1) == (0, span)
 
 
-def test_65_seconds_become_three_numbered_clips_with_nothing_dropped(processor):
+def test_65_seconds_are_one_audio_item_with_three_clips_back_to_back(processor):
+    """The long-audio layout: one `Audio k:` label per item, its 30 s clips' layouts back to back, nothing dropped;
+    a following audio item is `Audio 2`."""
     wave = np.random.default_rng(0).uniform(-0.5, 0.5, 65 * RATE).astype(np.float32)
-    sample = processor.process_multimodal_inputs([{"role": "user", "content": {"text": "Hi", "audio": wave}}])
-    clips = "".join(f"Audio {k}: {audio_text(span)}\n" for k, span in [(1, 752), (2, 752), (3, 127)])
-    expected = f"{SYSTEM}<|role_start|>user<|role_end|>{clips}Hi<|turn_end|>{PROMPT}"
+    content = {"text": "Hi", "audio": [wave, tone(1)]}
+    sample = processor.process_multimodal_inputs([{"role": "user", "content": content}])
+    clips = "".join(audio_text(span) for span in (752, 752, 127))
+    audios = f"Audio 1: {clips}\nAudio 2: {audio_text(27)}\n"
+    expected = f"{SYSTEM}<|role_start|>user<|role_end|>{audios}Hi<|turn_end|>{PROMPT}"
     assert sample["input_ids"].tolist() == slow_ids(processor, expected)
     whisper = WhisperFeatureExtractor(feature_size=128, sampling_rate=RATE)
-    windows = [wave[0 : 30 * RATE], wave[30 * RATE : 60 * RATE], wave[60 * RATE :]]
+    windows = [wave[0 : 30 * RATE], wave[30 * RATE : 60 * RATE], wave[60 * RATE :], tone(1)]
     direct = whisper(windows, sampling_rate=RATE, return_tensors="pt")["input_features"]
     torch.testing.assert_close(sample["audio_encoding"]["input_audios"], direct)
 
@@ -405,3 +409,34 @@ def test_errors_in_a_batch_name_the_conversation(processor):
     good = [{"role": "user", "content": "Hi"}]
     with pytest.raises(ValueError, match=r"conversation 1: messages\[0\]: unknown role 'bot'"):
         processor([good, [{"role": "bot", "content": "Hi"}]])
+
+
+def single_media_values(tmp_path) -> dict[str, object]:
+    """Every form one media item can take in a message, by name."""
+    image_path = tmp_path / "image.png"
+    random_image(64, 48).save(image_path)
+    return {
+        "path": str(image_path),
+        "PIL image": random_image(64, 48),
+        "array": tone(1),
+        "(array, rate)": (tone(1), RATE),
+        "bytes": image_path.read_bytes(),
+        "dict": {"array": tone(1), "sampling_rate": RATE},
+        "tensor": torch.from_numpy(tone(1)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["image", "audio"])
+def test_chat_template_reads_any_single_media_value_as_one_item_and_only_a_list_as_several(processor, kind, tmp_path):
+    """The authors render prompts with `tokenizer.apply_chat_template(conversation)` on the media themselves (a PIL
+    image in their vLLM example): one value is one placeholder whatever its type, a list is one per element, and the
+    text is the processor's own rendering of the same conversation."""
+    placeholder = "(<image>./</image>)" if kind == "image" else "(<audio>./</audio>)"
+    values = single_media_values(tmp_path)
+    values |= {"list of two": [values["PIL image"], values["path"]], "list of three": [values["array"]] * 3}
+    for name, value in values.items():
+        conversation = [{"role": "user", "content": {"text": "Hi", kind: value}}]
+        rendered = processor.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        expected = len(value) if isinstance(value, list) else 1
+        assert rendered.count(placeholder) == expected, name
+        assert rendered == processor.render(template_view(conversation), add_generation_prompt=True), name

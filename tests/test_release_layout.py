@@ -8,12 +8,13 @@ import torch
 from megrezo.configuration_megrezo import MegrezOConfig
 from megrezo.modeling_megrezo import MegrezO
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
-SPEC = SPEC if SPEC.exists() else Path(__file__).parent / "fixtures" / "spec"
+RELEASE = Path(__file__).parent / "fixtures" / "release"
+"""The released config.json and the checkpoint's tensor list (name and shape of all 1,231 tensors), see
+docs/contract.md."""
 
 
 def release_config() -> MegrezOConfig:
-    return MegrezOConfig(**json.loads((SPEC / "release_config.json").read_text()))
+    return MegrezOConfig(**json.loads((RELEASE / "config.json").read_text()))
 
 
 def test_meta_model_has_exactly_the_release_tensors():
@@ -21,7 +22,7 @@ def test_meta_model_has_exactly_the_release_tensors():
         model = MegrezO(release_config())
     built = {name: list(t.shape) for name, t in model.state_dict().items()}
     expected = {}
-    for line in (SPEC / "checkpoint_params.tsv").read_text().splitlines():
+    for line in (RELEASE / "checkpoint_params.tsv").read_text().splitlines():
         name, shape = line.split("\t")
         expected[name] = json.loads(shape)
     assert len(expected) == 1231
@@ -38,7 +39,7 @@ def test_release_parameter_count_matches_published_sizes():
 
 
 def test_release_config_loads_unchanged_and_round_trips(tmp_path):
-    raw = json.loads((SPEC / "release_config.json").read_text())
+    raw = json.loads((RELEASE / "config.json").read_text())
     config = release_config()
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "vocab_size",
                 "intermediate_size", "max_position_embeddings", "eos_token_id", "query_num", "vision_batch_size"):

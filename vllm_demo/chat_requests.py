@@ -3,61 +3,38 @@
 `to_vllm_request` renders the conversation with the checkpoint's chat template through the `megrezo` processor, so
 the prompt text is the one `model.chat` tokenizes, with one `(<image>./</image>)` per image and one
 `Audio k: (<audio>./</audio>)` per audio item; vLLM's multimodal processor (`vllm_demo.processing`) later expands
-each placeholder. Media are decoded here, by the `megrezo` processor, into what vLLM accepts: RGB PIL images and
-16 kHz mono waveforms.
-
-One difference from `model.chat`: an audio item longer than 30 s is one placeholder here, which vLLM expands into
-its clips' layouts back to back, whereas `model.chat` numbers each 30 s clip as its own `Audio k:` line.
+each placeholder, an audio item longer than 30 s into its clips' layouts back to back, as `model.chat` does. Media
+are decoded here, by the `megrezo` processor, into what vLLM accepts: RGB PIL images and 16 kHz mono waveforms.
 """
 
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from megrezo import special_tokens as tok
 from megrezo.audio_processing import SAMPLING_RATE
 from megrezo.image_processing_megrezo import load_image
-from megrezo.processing_megrezo import MegrezOProcessor, validate_conversation
+from megrezo.processing_megrezo import MegrezOProcessor, media_items, template_view, validate_conversation
 
 SEED_REPETITION_PENALTY = 1.2
 """The authors' demo and vLLM example decode greedily with this repetition penalty."""
 
 
-def _media_items(value: Any, kind: str) -> list:
-    """A content value as a list of items; an `(array, sampling_rate)` tuple is one audio item, not two."""
-    if value is None:
-        return []
-    if kind == "audio" and isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int | np.integer):
-        return [value]
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
 def to_vllm_request(processor: MegrezOProcessor, messages: list[dict], add_generation_prompt: bool = True) -> dict:
     """`{"prompt": str, "multi_modal_data": {...}}` for `LLM.generate`, from messages in `model.chat`'s format:
     `{"role": ..., "content": str | {"text": ..., "image": ..., "audio": ...}}`, media as paths, bytes, arrays,
-    PIL images or `(array, sampling_rate)`."""
+    PIL images or `(array, sampling_rate)`; a list holds several items."""
     messages = validate_conversation(messages, add_generation_prompt)
-    images: list[Image.Image] = []
-    audios: list[tuple[np.ndarray, int]] = []
-    template_messages = []
+    media: dict[str, list] = {}
     for message in messages:
         content = message["content"]
         if isinstance(content, str):
-            template_messages.append({"role": message["role"], "content": content})
             continue
-        view: dict[str, Any] = {"text": content.get("text") or ""}
-        image_items = _media_items(content.get("image"), "image")
-        audio_items = _media_items(content.get("audio"), "audio")
-        images += [load_image(item) for item in image_items]
-        audios += [(np.concatenate(processor.process_audio(item)), SAMPLING_RATE) for item in audio_items]
-        if image_items:
-            view["image"] = ["image"] * len(image_items)
-        if audio_items:
-            view["audio"] = ["audio"] * len(audio_items)
-        template_messages.append({"role": message["role"], "content": view})
-    request: dict[str, Any] = {"prompt": processor.render(template_messages, add_generation_prompt)}
-    media = {key: items for key, items in (("image", images), ("audio", audios)) if items}
+        for item in media_items(content.get("image")):
+            media.setdefault("image", []).append(load_image(item))
+        for item in media_items(content.get("audio")):
+            media.setdefault("audio", []).append((np.concatenate(processor.process_audio(item)), SAMPLING_RATE))
+    request: dict[str, Any] = {"prompt": processor.render(template_view(messages), add_generation_prompt)}
     if media:
         request["multi_modal_data"] = media
     return request
