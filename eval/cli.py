@@ -31,7 +31,7 @@ def add_run_parser(commands) -> None:
                      help="choice: also ask every rotation of the options and report circular accuracy")
     run.add_argument("--max_new_tokens", type=int, help=f"default per task: {DEFAULT_MAX_NEW_TOKENS}")
     run.add_argument("--repetition_penalty", type=float, default=1.0,
-                     help="1.0 gives the same predictions on both backends; the authors' chat default is 1.2")
+                     help="1.0 is no penalty; the authors' chat setting is 1.2 (both backends get the same value)")
     run.add_argument("--batch_size", type=int, default=8, help="hf: conversations per model.chat batch")
     run.add_argument("--max_in_flight", type=int, default=256, help="vllm: requests in the engine at once")
     run.add_argument("--dtype", default="auto", help="auto (the checkpoint's), float32, bfloat16 or float16")
