@@ -48,16 +48,22 @@ class VLLMBackend:
 
         engine = self.llm.llm_engine
         tokenizer = self.processor.tokenizer
+        index_of: dict[str, int] = {}
         next_index = 0
         while next_index < len(conversations) or engine.has_unfinished_requests():
-            while next_index < len(conversations) and engine.get_num_unfinished_requests() < self.max_in_flight:
-                engine.add_request(str(next_index), to_vllm_request(self.processor, conversations[next_index]),
-                                   self.params)
-                next_index += 1
+            room = self.max_in_flight - engine.get_num_unfinished_requests()
+            if room > 0 and next_index < len(conversations):
+                chunk = range(next_index, min(next_index + room, len(conversations)))
+                requests = [to_vllm_request(self.processor, conversations[index]) for index in chunk]
+                # `enqueue` returns the engine's ids ("<id>-<random suffix>"); outputs carry the part before it.
+                for request_id, index in zip(self.llm.enqueue(requests, self.params, use_tqdm=False), chunk,
+                                             strict=True):
+                    index_of[request_id.split("-", 1)[0]] = index
+                next_index = chunk.stop
             for output in engine.step():
                 if output.finished:
                     tokens = reply_tokens(output.outputs[0].token_ids, self.processor)
-                    yield int(output.request_id), tokenizer.decode(tokens, skip_special_tokens=True)
+                    yield index_of.pop(output.request_id), tokenizer.decode(tokens, skip_special_tokens=True)
 
     def close(self) -> None:
         self.llm.llm_engine.engine_core.shutdown()
