@@ -9,7 +9,6 @@ from .generation import GenerationSettings
 
 
 class HFBackend:
-    name = "hf"
 
     def __init__(self, model_path: str, settings: GenerationSettings, batch_size: int = 8, dtype: str = "auto",
                  device: str = "cpu"):

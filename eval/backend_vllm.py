@@ -19,7 +19,6 @@ def checkpoint_dtype(model_path: str) -> str:
 
 
 class VLLMBackend:
-    name = "vllm"
 
     def __init__(self, model_path: str, settings: GenerationSettings, max_in_flight: int = 256, dtype: str = "auto",
                  **engine_args):
