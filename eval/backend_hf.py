@@ -9,6 +9,7 @@ from .generation import GenerationSettings
 
 
 class HFBackend:
+    """Replies from `model.chat`, a batch of conversations at a time."""
 
     def __init__(self, model_path: str, settings: GenerationSettings, batch_size: int = 8, dtype: str = "auto",
                  device: str = "cpu"):

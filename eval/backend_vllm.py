@@ -19,6 +19,7 @@ def checkpoint_dtype(model_path: str) -> str:
 
 
 class VLLMBackend:
+    """Replies from the offline vLLM engine, requests scheduled together."""
 
     def __init__(self, model_path: str, settings: GenerationSettings, max_in_flight: int = 256, dtype: str = "auto",
                  **engine_args):
