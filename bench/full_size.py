@@ -262,8 +262,8 @@ def part_hf(model_path: Path, quant: str | None, args, watch: MemoryWatch, scrat
             processor = model.chat_processor()
             result["requests"] = {name: hf_request_stages(model, processor, conversation)
                                   for name, conversation in requests(processor.tokenizer).items()}
-        result["decode"] = [measure_decode(generate, config, batch, args.new_tokens, args.repeats, **kernel_bytes)
-                            for batch in (1, 8)]
+        result["decode"] = [measure_decode(generate, config, batch, args.new_tokens, repeats, **kernel_bytes)
+                            for batch, repeats in ((1, args.repeats), (8, 1))]
         result["peak_rss_generate_bytes"] = watch.peak()
         logits = teacher_forced_logits(model)
     reference = scratch / "bf16_logits.pt"
@@ -289,7 +289,8 @@ def part_vllm(model_path: Path, args, watch: MemoryWatch) -> dict:
     llm = load_llm(model_path, dtype="bfloat16", enable_prefix_caching=False, mm_processor_cache_gb=0,
                    kv_cache_memory_bytes=2 * 2**30, max_num_seqs=8)
     result = {"load_s": time.perf_counter() - start, "rss_after_load_bytes": watch.current(),
-              "peak_rss_load_bytes": watch.peak()}
+              "peak_rss_load_bytes": watch.peak(),
+              "weight_bytes": sum(f.stat().st_size for f in Path(model_path).glob("*.safetensors"))}
     config = AutoConfig.from_pretrained(model_path, trust_remote_code=True)
     processor = MegrezOProcessor.from_pretrained(model_path, trust_remote_code=True)
     watch.reset()
@@ -307,7 +308,8 @@ def part_vllm(model_path: Path, args, watch: MemoryWatch) -> dict:
         prompts = [{"prompt_token_ids": ids} for ids in decode_prompt(config.vocab_size, batch)]
         llm.generate(prompts, params(new_tokens), use_tqdm=False)
 
-    result["decode"] = [measure_decode(generate, config, batch, args.new_tokens, args.repeats) for batch in (1, 8)]
+    result["decode"] = [measure_decode(generate, config, batch, args.new_tokens, repeats)
+                        for batch, repeats in ((1, args.repeats), (8, 1))]
     result["peak_rss_generate_bytes"] = watch.peak()
     return result
 
@@ -456,7 +458,8 @@ def main() -> None:
     parser.add_argument("--model_path", help="a real checkpoint instead of random weights")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--new-tokens", type=int, default=16, help="new tokens per decode round")
-    parser.add_argument("--repeats", type=int, default=2, help="decode rounds per figure (the best is kept)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="decode rounds at batch 1 (the best is kept; batch 8 runs one)")
     parser.add_argument("--out", help="results folder (default: $MEGREZO_BENCH_RESULTS or bench/out)")
     parser.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
