@@ -167,7 +167,12 @@ def measure_decode(generate, config, batch: int, new_tokens: int, repeats: int, 
 
 
 def weight_bytes(model) -> int:
-    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    """Bytes of the parameters and buffers; a quantized weight counts its int8 values and scales."""
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        parts = [tensor.qdata, tensor.scale] if hasattr(tensor, "qdata") else [tensor]
+        total += sum(part.numel() * part.element_size() for part in parts)
+    return total
 
 
 def stage_hooks(model) -> tuple[dict, list]:
