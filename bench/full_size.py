@@ -38,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,19 @@ class MemoryWatch:
 
     def reset(self) -> None:
         self._peak = self.current()
+
+    @contextmanager
+    def excluded(self):
+        """Memory used inside the block (the bandwidth probe's tensor) does not count towards the peak."""
+        before = self.peak()
+        self._stop.set()
+        self._thread.join()
+        try:
+            yield
+        finally:
+            self._peak, self._stop = before, threading.Event()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
 
     def peak(self) -> int:
         return max(self._peak, self.current())
@@ -150,16 +164,19 @@ def roofline(config, batch: int, new_tokens: int, tokens_per_s: float, bandwidth
             "roofline_tokens_per_s": roof_steps * batch, "roofline_fraction": tokens_per_s / batch / roof_steps}
 
 
-def measure_decode(generate, config, batch: int, new_tokens: int, repeats: int, **byte_sizes) -> dict:
+def measure_decode(generate, config, watch: MemoryWatch, batch: int, new_tokens: int, repeats: int,
+                   **byte_sizes) -> dict:
     """Decode tokens/s of `generate(batch, n)` (which makes exactly n tokens per sequence): the best of `repeats`
-    rounds, with the bandwidth measured before and after."""
-    bandwidths = [read_bandwidth()]
+    rounds, with the bandwidth measured before and after (outside the memory figures)."""
+    with watch.excluded():
+        bandwidths = [read_bandwidth()]
     rates = []
     for _ in range(repeats):
         first = timed(lambda: generate(batch, 1))
         full = timed(lambda: generate(batch, new_tokens))
-        rates.append(batch * (new_tokens - 1) / max(full - first, 1e-9))
-    bandwidths.append(read_bandwidth())
+        rates.append(batch * (new_tokens - 1) / (full - first) if full > first else float("nan"))
+    with watch.excluded():
+        bandwidths.append(read_bandwidth())
     result = roofline(config, batch, new_tokens, max(rates), statistics.mean(bandwidths), **byte_sizes)
     result["rounds_tokens_per_s"] = rates
     result["bandwidths_gb_s"] = bandwidths
@@ -259,7 +276,7 @@ def part_hf(model_path: Path, quant: str | None, args, watch: MemoryWatch, scrat
     eager_bytes = {"bytes_per_weight": 1, "bytes_per_row_scale": 4} if quant else {}
     kernel_bytes = {"bytes_per_weight": 1, "bytes_per_row_scale": 2} if quant else {}
     eager_tokens = max(4, args.new_tokens // 4) if quant else args.new_tokens
-    result["decode_eager"] = [measure_decode(generate, config, 1, eager_tokens, 1, **eager_bytes)]
+    result["decode_eager"] = [measure_decode(generate, config, watch, 1, eager_tokens, 1, **eager_bytes)]
     result["cpu_kernels_s"] = timed(lambda: result.setdefault("cpu_kernels", model.use_cpu_kernels()))
     watch.reset()
     with torch.inference_mode():
@@ -267,7 +284,8 @@ def part_hf(model_path: Path, quant: str | None, args, watch: MemoryWatch, scrat
             processor = model.chat_processor()
             result["requests"] = {name: hf_request_stages(model, processor, conversation)
                                   for name, conversation in requests(processor.tokenizer).items()}
-        result["decode"] = [measure_decode(generate, config, batch, args.new_tokens, repeats, **kernel_bytes)
+        result["decode"] = [measure_decode(generate, config, watch, batch, args.new_tokens, repeats,
+                                           **kernel_bytes)
                             for batch, repeats in ((1, args.repeats), (8, 1))]
         result["peak_rss_generate_bytes"] = watch.peak()
         logits = teacher_forced_logits(model)
@@ -313,7 +331,7 @@ def part_vllm(model_path: Path, args, watch: MemoryWatch) -> dict:
         prompts = [{"prompt_token_ids": ids} for ids in decode_prompt(config.vocab_size, batch)]
         llm.generate(prompts, params(new_tokens), use_tqdm=False)
 
-    result["decode"] = [measure_decode(generate, config, batch, args.new_tokens, repeats)
+    result["decode"] = [measure_decode(generate, config, watch, batch, args.new_tokens, repeats)
                         for batch, repeats in ((1, args.repeats), (8, 1))]
     result["peak_rss_generate_bytes"] = watch.peak()
     return result

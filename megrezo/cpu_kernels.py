@@ -30,9 +30,14 @@ class PackedBf16Linear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
 
+INT8_KERNEL_MAX_ROWS = 16
+"""Up to this many input rows (decode) the int8 kernel runs; longer inputs (prefill) are compute-bound, and a
+bfloat16 copy of the weight made for the call multiplies them faster."""
+
+
 class Int8WeightLinear(nn.Module):
     """A linear layer with an int8 weight and one scale per output row (torchao's weight-only int8 layout),
-    computed by torch's native int8 weight-only kernel."""
+    computed by torch's native int8 weight-only kernel for decode-sized inputs."""
 
     def __init__(self, weight_int8: torch.Tensor, row_scale: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -43,7 +48,10 @@ class Int8WeightLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
-        out = torch._weight_int8pack_mm(rows, self.weight_int8, self.row_scale)
+        if rows.shape[0] <= INT8_KERNEL_MAX_ROWS:
+            out = torch._weight_int8pack_mm(rows, self.weight_int8, self.row_scale)
+        else:
+            out = torch.nn.functional.linear(rows, self.weight_int8.to(torch.bfloat16)) * self.row_scale
         if self.bias is not None:
             out = out + self.bias.to(out.dtype)
         return out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -58,6 +66,18 @@ def int8_rowwise_parts(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     if getattr(weight, "act_quant_kwargs", None) is not None or list(block_size) != [1, qdata.shape[1]]:
         return None
     return qdata, scale
+
+
+def own_tensors(model: nn.Module) -> None:
+    """Gives every plain parameter and buffer of `model` its own memory. transformers maps a checkpoint's
+    safetensors file into memory and hands out views of it; once the LLM's layers hold reordered or quantized
+    copies, the pages they were read from would stay resident as long as any other view (the encoders, the
+    embeddings) keeps the mapping open. Copying those few tensors lets the whole mapping go."""
+    for module in model.modules():
+        for _, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if tensor is None or type(tensor.data) is not torch.Tensor:
+                continue
+            tensor.data = tensor.data.clone()
 
 
 def use_cpu_kernels(llm: nn.Module) -> dict[str, int]:
