@@ -25,7 +25,8 @@ Every decode figure sits beside the memory bandwidth measured in the same proces
 best of several sums over a 1 GiB bfloat16 tensor), and is reported as a fraction of the roofline
 `bandwidth / bytes read per step` (megrezo.decode_bytes). Decode tokens/s = batch x (new - 1) / (time for `new`
 tokens - time for 1). Memory is the resident set of the part's process and its children, sampled every 20 ms.
-Results go to `$MEGREZO_BENCH_RESULTS` or bench/out/ (full_size[_SIZE].json and a chart), or to --out.
+Results go to `$MEGREZO_BENCH_RESULTS` or bench/out/ (full_size[_SIZE].json and a chart), or to --out. Parts run
+again replace their earlier results in that file; the others are kept (each part records when it was measured).
 """
 
 import argparse
@@ -513,14 +514,18 @@ def main() -> None:
                 continue
             results[part] = json.loads(child_json.read_text())
             results[part]["wall_s"] = time.perf_counter() - started
+            results[part]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    size = args.size if not args.model_path else "checkpoint"
+    name = "full_size" if size == "full" else f"full_size_{size}"
+    earlier = json.loads((out / f"{name}.json").read_text())["parts"] if (out / f"{name}.json").exists() else {}
+    results = {**{part: result for part, result in earlier.items() if "error" not in result}, **results}
     done = {part: result for part, result in results.items() if "error" not in result}
     import torch
 
-    report = {"size": args.size if not args.model_path else "checkpoint", "machine": {
+    report = {"size": size, "machine": {
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
         "torch": torch.__version__}, "goals": GOALS, "summary": summary(done), "parts": results}
-    name = "full_size" if report["size"] == "full" else f"full_size_{report['size']}"
     (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     if any(decode_rows(done)):
         draw_chart(done, out / f"{name}.png", report["size"])
