@@ -184,6 +184,27 @@ def measure_decode(generate, config, watch: MemoryWatch, batch: int, new_tokens:
     return result
 
 
+def linear_layers_only(model, watch: MemoryWatch, repeats: int = 3) -> dict:
+    """Every linear layer of the LLM called once on one input row, in order, with nothing else: the part of a
+    decode step that the matrix kernels take, as GB/s of the weights they read, beside a bandwidth probe."""
+    import torch
+
+    from megrezo.decode_bytes import decode_step_bytes
+
+    layers = [m for name, m in model.llm.named_modules() if name and not list(m.children())
+              and hasattr(m, "in_features")]
+    rows = {m.in_features: torch.randn(1, m.in_features, dtype=torch.bfloat16) for m in layers}
+    with torch.inference_mode():
+        best = min(timed(lambda: [m(rows[m.in_features]) for m in layers]) for _ in range(repeats))
+    with watch.excluded():
+        bandwidth = read_bandwidth()
+    quantized = type(layers[0]).__name__ == "Int8WeightLinear"
+    sizes = {"bytes_per_weight": 1, "bytes_per_row_scale": 2} if quantized else {}
+    weights = decode_step_bytes(model.config, **sizes).weight_bytes
+    return {"layers": len(layers), "seconds": best, "gb_s": weights / best / 1e9, "bandwidth_gb_s": bandwidth,
+            "fraction_of_bandwidth": weights / best / 1e9 / bandwidth}
+
+
 def weight_bytes(model) -> int:
     """Bytes of the parameters and buffers; a quantized weight counts its int8 values and scales."""
     total = 0
@@ -289,6 +310,7 @@ def part_hf(model_path: Path, quant: str | None, args, watch: MemoryWatch, scrat
                                            **kernel_bytes)
                             for batch, repeats in ((1, args.repeats), (8, 1))]
         result["peak_rss_generate_bytes"] = watch.peak()
+        result["linear_layers_only"] = linear_layers_only(model, watch)
         logits = teacher_forced_logits(model)
     reference = scratch / "bf16_logits.pt"
     if not quant:
@@ -437,8 +459,8 @@ def draw_chart(results: dict, out: Path, size: str) -> None:
     import matplotlib.pyplot as plt
 
     rows = decode_rows(results)
-    fig, axis = plt.subplots(figsize=(9, 4.5))
-    labels = [f"{label}\nbatch {row['batch']}" for label, row in rows]
+    fig, axis = plt.subplots(figsize=(10, 5))
+    labels = [f"{label.replace(', ', chr(10))}\nbatch {row['batch']}" for label, row in rows]
     values = [row["roofline_fraction"] for _, row in rows]
     colors = ["#DD8452" if label.startswith("vLLM") else "#55A868" if "int8" in label else "#4C72B0"
               for label, _ in rows]
