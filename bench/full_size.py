@@ -58,43 +58,56 @@ GOALS = {"bf16_roofline_fraction": 0.6, "int8_speedup_over_bf16": 1.7, "peak_rss
 
 
 class MemoryWatch:
-    """Peak resident memory of this process and its children, sampled in a background thread."""
+    """Peak resident memory of this process and its children, sampled in a background thread. Besides the whole
+    resident set it tracks its anonymous part (resident minus file-backed pages): transformers memory-maps the
+    checkpoint, so pages of weights that were read once and then replaced by a reordered or quantized copy stay
+    counted as resident, although the kernel can drop them (they are clean pages of the file)."""
 
     def __init__(self, interval: float = 0.02):
         import psutil
 
         self._process = psutil.Process()
-        self._interval, self._peak, self._stop = interval, 0, threading.Event()
+        self._interval, self._peak, self._peak_anon, self._stop = interval, 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def current(self) -> int:
-        total = 0
+    def sample(self) -> tuple[int, int]:
+        """(resident bytes, anonymous resident bytes) of the process tree now."""
+        total = anon = 0
         for process in [self._process, *self._process.children(recursive=True)]:
             try:
-                total += process.memory_info().rss
+                info = process.memory_info()
             except Exception:  # a child that just ended
                 continue
-        return total
+            total += info.rss
+            anon += info.rss - info.shared
+        return total, anon
+
+    def current(self) -> int:
+        return self.sample()[0]
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._peak = max(self._peak, self.current())
+            total, anon = self.sample()
+            self._peak, self._peak_anon = max(self._peak, total), max(self._peak_anon, anon)
             time.sleep(self._interval)
 
     def reset(self) -> None:
-        self._peak = self.current()
+        self._peak, self._peak_anon = self.sample()
+
+    def peak_anon(self) -> int:
+        return max(self._peak_anon, self.sample()[1])
 
     @contextmanager
     def excluded(self):
         """Memory used inside the block (the bandwidth probe's tensor) does not count towards the peak."""
-        before = self.peak()
+        before = self.peak(), self.peak_anon()
         self._stop.set()
         self._thread.join()
         try:
             yield
         finally:
-            self._peak, self._stop = before, threading.Event()
+            (self._peak, self._peak_anon), self._stop = before, threading.Event()
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()
 
@@ -310,6 +323,7 @@ def part_hf(model_path: Path, quant: str | None, args, watch: MemoryWatch, scrat
                                            **kernel_bytes)
                             for batch, repeats in ((1, args.repeats), (8, 1))]
         result["peak_rss_generate_bytes"] = watch.peak()
+        result["peak_rss_anon_generate_bytes"] = watch.peak_anon()
         result["linear_layers_only"] = linear_layers_only(model, watch)
         logits = teacher_forced_logits(model)
     reference = scratch / "bf16_logits.pt"
@@ -357,6 +371,7 @@ def part_vllm(model_path: Path, args, watch: MemoryWatch) -> dict:
     result["decode"] = [measure_decode(generate, config, watch, batch, args.new_tokens, repeats)
                         for batch, repeats in ((1, args.repeats), (8, 1))]
     result["peak_rss_generate_bytes"] = watch.peak()
+    result["peak_rss_anon_generate_bytes"] = watch.peak_anon()
     return result
 
 
@@ -439,6 +454,8 @@ def summary(results: dict) -> dict:
     if "hf-bf16" in results:
         hf = results["hf-bf16"]
         out["peak_rss_over_weights"] = hf["peak_rss_generate_bytes"] / hf["weight_bytes"]
+        if "peak_rss_anon_generate_bytes" in hf:
+            out["peak_anonymous_rss_over_weights"] = hf["peak_rss_anon_generate_bytes"] / hf["weight_bytes"]
     if "logits_vs_bf16" in results.get("hf-int8", {}):
         out["int8_logits_relative_error"] = results["hf-int8"]["logits_vs_bf16"]["relative_l2"]
         out["int8_top1_agreement"] = results["hf-int8"]["logits_vs_bf16"]["top1_agreement"]

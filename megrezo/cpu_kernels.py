@@ -68,18 +68,6 @@ def int8_rowwise_parts(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return qdata, scale
 
 
-def own_tensors(model: nn.Module) -> None:
-    """Gives every plain parameter and buffer of `model` its own memory. transformers maps a checkpoint's
-    safetensors file into memory and hands out views of it; once the LLM's layers hold reordered or quantized
-    copies, the pages they were read from would stay resident as long as any other view (the encoders, the
-    embeddings) keeps the mapping open. Copying those few tensors lets the whole mapping go."""
-    for module in model.modules():
-        for _, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            if tensor is None or type(tensor.data) is not torch.Tensor:
-                continue
-            tensor.data = tensor.data.clone()
-
-
 def use_cpu_kernels(llm: nn.Module) -> dict[str, int]:
     """Replaces, in place, each `nn.Linear` under `llm` whose weight is bfloat16 (by `PackedBf16Linear`) or
     torchao weight-only int8 per row (by `Int8WeightLinear`). Other layers (float32, other quantizations) stay as
