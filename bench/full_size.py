@@ -23,8 +23,9 @@ checkpoint. Each part runs in its own process, one after the other, so one model
 
 Every decode figure sits beside the memory bandwidth measured in the same process just before and after it (the
 best of several sums over a 1 GiB bfloat16 tensor), and is reported as a fraction of the roofline
-`bandwidth / bytes read per step` (megrezo.decode_bytes). Decode tokens/s = batch x (new - 1) / (time for `new`
-tokens - time for 1). Memory is the resident set of the part's process and its children, sampled every 20 ms.
+`bandwidth / bytes read per step` (megrezo.decode_bytes). Decode tokens/s = batch x (new - 1) / the time from the
+first new token to the last: for HF from a clock called at every step, for vLLM as the time for `new` tokens minus
+the time for 1. Memory is the resident set of the part's process and its children, sampled every 20 ms.
 Results go to `$MEGREZO_BENCH_RESULTS` or bench/out/ (full_size[_SIZE].json and a chart), or to --out. Parts run
 again replace their earlier results in that file; the others are kept (each part records when it was measured).
 """
@@ -180,15 +181,18 @@ def roofline(config, batch: int, new_tokens: int, tokens_per_s: float, bandwidth
 
 def measure_decode(generate, config, watch: MemoryWatch, batch: int, new_tokens: int, repeats: int,
                    **byte_sizes) -> dict:
-    """Decode tokens/s of `generate(batch, n)` (which makes exactly n tokens per sequence): the best of `repeats`
-    rounds, with the bandwidth measured before and after (outside the memory figures)."""
+    """Decode tokens/s of `generate(batch, n)`, which makes exactly n tokens per sequence and returns the seconds
+    from the first to the last of them, or None: then the time to generate 1 token is subtracted. The best of
+    `repeats` rounds, with the bandwidth measured before and after (outside the memory figures)."""
     with watch.excluded():
         bandwidths = [read_bandwidth()]
     rates = []
     for _ in range(repeats):
-        first = timed(lambda: generate(batch, 1))
-        full = timed(lambda: generate(batch, new_tokens))
-        rates.append(batch * (new_tokens - 1) / (full - first) if full > first else float("nan"))
+        start = time.perf_counter()
+        decode_s = generate(batch, new_tokens)
+        if decode_s is None:  # the backend reports no step times: subtract the time to the first token
+            decode_s = time.perf_counter() - start - timed(lambda: generate(batch, 1))
+        rates.append(batch * (new_tokens - 1) / decode_s if decode_s > 0 else float("nan"))
     with watch.excluded():
         bandwidths.append(read_bandwidth())
     result = roofline(config, batch, new_tokens, max(rates), statistics.mean(bandwidths), **byte_sizes)
@@ -276,12 +280,26 @@ def hf_request_stages(model, processor, conversation: list[dict]) -> dict:
 
 
 def hf_generate(model):
+    """generate(batch, n) for measure_decode: the step clock (a logits processor, called once per new token after
+    its forward pass) times the n - 1 decode steps apart from the prefill."""
     import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
 
-    def generate(batch: int, new_tokens: int) -> None:
+    class StepClock(LogitsProcessor):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def __call__(self, input_ids, scores):
+            self.times.append(time.perf_counter())
+            return scores
+
+    def generate(batch: int, new_tokens: int) -> float | None:
         ids = torch.tensor(decode_prompt(model.config.vocab_size, batch))
+        clock = StepClock()
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.pad_token_id)
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.pad_token_id,
+                       logits_processor=LogitsProcessorList([clock]))
+        return clock.times[-1] - clock.times[0] if len(clock.times) > 1 else None
 
     return generate
 
@@ -367,6 +385,7 @@ def part_vllm(model_path: Path, args, watch: MemoryWatch) -> dict:
     def generate(batch: int, new_tokens: int) -> None:
         prompts = [{"prompt_token_ids": ids} for ids in decode_prompt(config.vocab_size, batch)]
         llm.generate(prompts, params(new_tokens), use_tqdm=False)
+        return None
 
     result["decode"] = [measure_decode(generate, config, watch, batch, args.new_tokens, repeats)
                         for batch, repeats in ((1, args.repeats), (8, 1))]
