@@ -2,6 +2,7 @@
 text-only follow-up that refers back to them.
 
     python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--stream]
+                              [--quant int8]
 
 Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
 path of the real model, but its weights are random, so its replies are noise.
@@ -13,7 +14,10 @@ import threading
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, TextIteratorStreamer
+from transformers import TextIteratorStreamer
+
+from megrezo.loading import load_chat_model
+from megrezo.quantization import QUANTIZATIONS
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 IMAGE_PATH = DATA_DIR / "sample_image.jpg"
@@ -26,6 +30,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model_path", help="checkpoint folder (default: the tiny random checkpoint)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on cuda, else float32")
+    parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
     parser.add_argument("--stream", action="store_true", help="print the reply while it is generated")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     return parser.parse_args()
@@ -56,8 +61,7 @@ def main() -> None:
     from megrezo.tiny import model_path_or_tiny
 
     model_path = model_path_or_tiny(args.model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=dtype)
-    model = model.to(args.device).eval()
+    model = load_chat_model(model_path, args.device, dtype, args.quant)
 
     messages = [
         {

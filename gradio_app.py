@@ -1,6 +1,6 @@
 """Gradio chat app for Megrez-3B-Omni: text, images and speech in, streamed text out.
 
-    python gradio_app.py [--model_path PATH] [--port 7860] [--host 127.0.0.1] [--share false]
+    python gradio_app.py [--model_path PATH] [--port 7860] [--host 127.0.0.1] [--share false] [--quant int8]
 
 The page's events are also an API (gradio_client): `/chat` (message {"text", "files"}, recording, generation
 settings), `/regenerate` and `/clear`, each within the caller's session.
@@ -38,11 +38,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from megrezo.audio_processing import load_audio  # noqa: E402
 from megrezo.image_processing_megrezo import load_image  # noqa: E402
+from megrezo.loading import load_chat_model  # noqa: E402
+from megrezo.quantization import QUANTIZATIONS  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus")
@@ -409,9 +410,9 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def load_engine(model_path: str | Path, device: str, dtype: torch.dtype) -> ChatEngine:
-    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=dtype)
-    return ChatEngine(model.to(device).eval(), model.chat_processor())
+def load_engine(model_path: str | Path, device: str, dtype: torch.dtype, quant: str | None = None) -> ChatEngine:
+    model = load_chat_model(model_path, device, dtype, quant)
+    return ChatEngine(model, model.chat_processor())
 
 
 def main() -> None:
@@ -424,6 +425,7 @@ def main() -> None:
                         help="where the model runs (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto: bfloat16 on a GPU, float32 on the CPU")
+    parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
@@ -434,7 +436,7 @@ def main() -> None:
         from megrezo.tiny import cached_tiny_checkpoint
 
         model_path, notice = cached_tiny_checkpoint(), RANDOM_WEIGHTS_NOTICE
-    engine = load_engine(model_path, args.device, resolve_dtype(args.dtype, args.device))
+    engine = load_engine(model_path, args.device, resolve_dtype(args.dtype, args.device), args.quant)
     private_upload_folder()
     # SIGTERM ends the app like Ctrl-C does, so the upload folder is removed on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

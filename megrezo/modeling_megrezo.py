@@ -18,6 +18,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .audio import AudioEncoder, AudioTower, whisper_sinusoids
 from .batch_format import MegrezOBatch, validate_audio_encoding, validate_image_encoding
 from .configuration_megrezo import MegrezOConfig
+from .cpu_kernels import use_cpu_kernels
 from .processing_megrezo import MegrezOProcessor
 from .resampler import Resampler
 from .special_tokens import EOS, PAD, TURN_END
@@ -150,6 +151,12 @@ class MegrezO(MegrezOPreTrainedModel):
             **generation_kwargs,
         )
         return sequences[:, input_ids.shape[1] :]
+
+    def use_cpu_kernels(self) -> dict[str, int]:
+        """Switches the LLM's bfloat16 and torchao int8 linear layers to torch's native CPU kernels (cpu_kernels.py),
+        which decode faster on x86 CPUs. Inference only: reload the checkpoint to train, move or save the model.
+        Returns how many layers of each kind were switched (float32 layers stay as they are)."""
+        return use_cpu_kernels(self.llm)
 
     _chat_processor_lock = threading.Lock()
 

@@ -140,7 +140,13 @@ def make_tiny_checkpoint(
     tokenizer = build_tokenizer()
     config = sized_config(size, tokenizer)
     torch.manual_seed(seed)
-    model = MegrezO(config).to(dtype).eval()
+    # Built directly in `dtype`: the full size in float32 would need twice the memory of the saved weights.
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        model = MegrezO(config).to(dtype).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
     model.save_pretrained(out_dir)
     build_processor(tokenizer, config).save_pretrained(out_dir)
     (out_dir / "preprocessor_config.json").write_text(json.dumps(RELEASE_PREPROCESSOR, indent=2) + "\n")

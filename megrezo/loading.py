@@ -1,0 +1,23 @@
+"""Loading a checkpoint for chatting, the way the example scripts and benchmarks do: dtype, optional weight-only
+quantization of the LLM, device, and the native CPU kernels when the model runs on the CPU."""
+
+from pathlib import Path
+
+import torch
+
+from .quantization import llm_quantization_config
+
+
+def load_chat_model(model_path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                    quant: str | None = None):
+    """`AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True)` in `dtype`, with the LLM
+    quantized when `quant` names one of `quantization.QUANTIZATIONS` (a checkpoint saved quantized loads quantized
+    with `quant=None`). On the CPU, bfloat16 and int8 LLM layers then switch to `model.use_cpu_kernels()`."""
+    from transformers import AutoModelForCausalLM
+
+    extra = {"quantization_config": llm_quantization_config(quant)} if quant else {}
+    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=dtype, **extra)
+    model = model.to(device).eval()
+    if device == "cpu":
+        model.use_cpu_kernels()
+    return model
