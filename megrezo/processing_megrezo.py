@@ -81,11 +81,19 @@ class _ConversationMedia:
     template_messages: list[Message]
 
 
-def _as_items(value: object, kind: str) -> list:
-    """One item or a list of items. For audio, an `(array, rate)` tuple is a single item, not a list of two."""
+def media_items(value: object, kind: str) -> list:
+    """One item or a list of items. For audio, a tuple of a sample array and anything but another array is one
+    `(array, sampling_rate)` item, not a list of two (the rate itself is checked when the audio is loaded)."""
     if value is None:
         return []
-    if kind == "audio" and isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int | np.integer):
+    arrays = (np.ndarray, torch.Tensor)
+    if (
+        kind == "audio"
+        and isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], arrays)
+        and not isinstance(value[1], arrays)
+    ):
         return [value]
     if isinstance(value, list | tuple):
         return list(value)
@@ -115,7 +123,7 @@ def validate_conversation(messages: object, add_generation_prompt: bool) -> Conv
             if text is not None and not isinstance(text, str):
                 raise ValueError(f"messages[{index}]: 'text' must be a string, got {type(text).__name__}")
             has_content = bool(text and text.strip()) or any(
-                _as_items(content.get(kind), kind) for kind in ("image", "audio")
+                media_items(content.get(kind), kind) for kind in ("image", "audio")
             )
         else:
             raise ValueError(
@@ -231,7 +239,7 @@ class MegrezOProcessor(ProcessorMixin):
                 raise ValueError(f"an audio dict needs 'array' (and 'sampling_rate'), got keys {sorted(audio)}")
             wave = load_audio(audio["array"], audio.get("sampling_rate"))
         elif isinstance(audio, tuple):
-            wave = load_audio(audio[0], int(audio[1]))
+            wave = load_audio(audio[0], audio[1])
         else:
             wave = load_audio(audio)
         return split_into_clips(wave)
@@ -256,9 +264,9 @@ class MegrezOProcessor(ProcessorMixin):
             view = {"text": content.get("text") or ""}
             for kind in ("image", "audio"):
                 markers = []
-                if kind == "audio" and _as_items(content.get(kind), kind):
+                if kind == "audio" and media_items(content.get(kind), kind):
                     self._require_audio_tokens()
-                for number, item in enumerate(_as_items(content.get(kind), kind)):
+                for number, item in enumerate(media_items(content.get(kind), kind)):
                     try:
                         if kind == "image":
                             images.append(self.process_image(item))

@@ -18,19 +18,10 @@ from PIL import Image
 from megrezo import special_tokens as tok
 from megrezo.audio_processing import SAMPLING_RATE
 from megrezo.image_processing_megrezo import load_image
-from megrezo.processing_megrezo import MegrezOProcessor, validate_conversation
+from megrezo.processing_megrezo import MegrezOProcessor, media_items, validate_conversation
 
 SEED_REPETITION_PENALTY = 1.2
 """The authors' demo and vLLM example decode greedily with this repetition penalty."""
-
-
-def _media_items(value: Any, kind: str) -> list:
-    """A content value as a list of items; an `(array, sampling_rate)` tuple is one audio item, not two."""
-    if value is None:
-        return []
-    if kind == "audio" and isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int | np.integer):
-        return [value]
-    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 def to_vllm_request(processor: MegrezOProcessor, messages: list[dict], add_generation_prompt: bool = True) -> dict:
@@ -47,8 +38,8 @@ def to_vllm_request(processor: MegrezOProcessor, messages: list[dict], add_gener
             template_messages.append({"role": message["role"], "content": content})
             continue
         view: dict[str, Any] = {"text": content.get("text") or ""}
-        image_items = _media_items(content.get("image"), "image")
-        audio_items = _media_items(content.get("audio"), "audio")
+        image_items = media_items(content.get("image"), "image")
+        audio_items = media_items(content.get("audio"), "audio")
         images += [load_image(item) for item in image_items]
         audios += [(np.concatenate(processor.process_audio(item)), SAMPLING_RATE) for item in audio_items]
         if image_items:
