@@ -10,6 +10,7 @@ standard library, torch, numpy, PIL, transformers and `batch_format.py`.
 import io
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,11 @@ def _decode(
     """Check the size from the header, then decode fully inside the `try`, since PIL opens lazily and a truncated
     file only fails on `load()`. `draft` lets a large JPEG decode at a reduced scale (see DRAFT_MARGIN)."""
     try:
-        with Image.open(stream) as image:
+        with warnings.catch_warnings():
+            # PIL warns about sizes that check_image_size refuses anyway, with a message of its own.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+        with image:
             check_image_size(image.size, described_as)
             if draft is not None and image.format == "JPEG":
                 width, height = draft(image.size)
