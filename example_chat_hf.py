@@ -4,7 +4,7 @@ text-only follow-up that refers back to them.
     python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--stream]
 
 Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
-path of the real model, but its weights are random, so its replies are noise.
+path of the real model, but its weights are random, so its replies are random words.
 """
 
 import argparse

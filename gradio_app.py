@@ -55,7 +55,7 @@ MAX_UPLOAD_SIZE = "50mb"
 
 RANDOM_WEIGHTS_NOTICE = (
     "⚠️ **Random weights.** No `--model_path` was given, so this app runs the tiny random test checkpoint: the "
-    "pipeline is real, the replies are noise. Start it with `--model_path` pointing at Megrez-3B-Omni for real answers."
+    "pipeline is real, the replies are random words. Start it with `--model_path` pointing at Megrez-3B-Omni for real answers."
 )
 
 logger = logging.getLogger("megrezo.gradio_app")

@@ -4,7 +4,7 @@ batch, with the seed's settings (greedy, repetition penalty 1.2, stop on `<|turn
     python vllm_demo/example_infer_vllm.py [--model_path DIR] [--dtype auto|float32|bfloat16] [--max_tokens N]
 
 Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
-path of the real model, but its weights are random, so its replies are noise.
+path of the real model, but its weights are random, so its replies are random words.
 """
 
 import argparse
