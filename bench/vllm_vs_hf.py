@@ -8,7 +8,7 @@ or prefixes between rounds; rounds alternate between the backends so machine loa
 preprocessing (slicing, layout) as well as generation. The speedup is the ratio of median rates (the best rounds'
 ratio is recorded too, as shared machines add noise). Goal: vLLM >= 3x HF.
 
-    python bench/vllm_vs_hf.py [--model_path DIR] [--rounds 3] [--out bench/results/vllm_vs_hf.json]
+    python bench/vllm_vs_hf.py [--model_path DIR] [--rounds 3] [--out bench/results]
 """
 
 import argparse
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from output_folder import add_out_argument
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_path", help="checkpoint folder (default: the tiny random checkpoint)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "vllm_vs_hf.json"))
+    add_out_argument(parser)
     args = parser.parse_args()
 
     import torch
@@ -114,8 +115,8 @@ def main() -> None:
         "goal": GOAL,
     }
     result["goal_met"] = result["speedup_vllm_over_hf"] >= GOAL
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "vllm_vs_hf.json").write_text(json.dumps(result, indent=2) + "\n")
     for name, rate in rates.items():
         print(f"{name:22s} {rate:9.1f} tokens/s (median of {args.rounds} rounds)")
     print(f"{'speedup':22s} {result['speedup_vllm_over_hf']:9.2f}x  (goal >= {GOAL}x; medians)")

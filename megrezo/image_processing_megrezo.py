@@ -58,24 +58,37 @@ def _decode(
 ) -> Image.Image:
     """Check the size from the header, then decode fully inside the `try`, since PIL opens lazily and a truncated
     file only fails on `load()`. `draft` lets a large JPEG decode at a reduced scale (see DRAFT_MARGIN)."""
-    try:
-        with warnings.catch_warnings():
-            # PIL warns about sizes that check_image_size refuses anyway, with a message of its own.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(stream)
-        with image:
-            check_image_size(image.size, described_as)
+    with open_image_checked(stream, described_as) as image:
+        try:
             if draft is not None and image.format == "JPEG":
                 width, height = draft(image.size)
                 image.draft("RGB", (width * DRAFT_MARGIN, height * DRAFT_MARGIN))
             image.load()
             return image.convert("RGB")
+        except OSError as error:
+            raise ValueError(f"corrupt or unsupported image: {described_as} ({error})") from error
+
+
+def open_image_checked(stream: io.IOBase | str | os.PathLike, described_as: str) -> Image.Image:
+    """Open an encoded image lazily (header only) and refuse it when it is above MAX_IMAGE_PIXELS or unreadable,
+    so that no front end decodes a huge image before saying no."""
+    try:
+        with warnings.catch_warnings():
+            # PIL warns about sizes that check_image_size refuses anyway, with a message of its own.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream)
     except Image.DecompressionBombError as error:
         raise ValueError(
             f"image too large: {described_as} ({error}); the limit is {MAX_IMAGE_PIXELS:,} pixels"
         ) from error
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"corrupt or unsupported image: {described_as} ({error})") from error
+    try:
+        check_image_size(image.size, described_as)
+    except ValueError:
+        image.close()
+        raise
+    return image
 
 
 def _load_path(path: Path, draft: "DraftTarget | None") -> Image.Image:
