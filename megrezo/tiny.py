@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, PreTrainedTokenizerFast, WhisperFeatureExtractor
+from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
 
 from . import special_tokens as tok
 from . import tiny_corpus
@@ -26,6 +26,7 @@ from .configuration_megrezo import MegrezOAudioConfig, MegrezOConfig
 from .image_processing_megrezo import MegrezOImageProcessor
 from .modeling_megrezo import MegrezO
 from .processing_megrezo import MegrezOProcessor
+from .stop_tokens import stop_generation_config
 
 RELEASE_PREPROCESSOR = {
     "image_processor_type": "MegrezOImageProcessor",
@@ -102,13 +103,6 @@ def favour_readable_tokens(model: MegrezO, tokenizer: PreTrainedTokenizerFast) -
         mask = torch.zeros(weight.shape[0], dtype=torch.bool)
         mask[keep] = True
         weight[~mask] = 0
-
-
-def stop_generation_config(tokenizer: PreTrainedTokenizerFast) -> GenerationConfig:
-    """generation_config.json of a checkpoint: generation ends at `<|turn_end|>` or `<|eos|>`, with ids read from
-    its tokenizer. vLLM's OpenAI server and transformers' `generate` read it, so clients need no stop ids."""
-    stop_ids = tokenizer.convert_tokens_to_ids([tok.TURN_END, tok.EOS])
-    return GenerationConfig(eos_token_id=stop_ids, pad_token_id=tokenizer.convert_tokens_to_ids(tok.PAD))
 
 
 MODEL_SIZES: dict[str, dict] = {

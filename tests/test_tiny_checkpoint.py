@@ -3,6 +3,7 @@ the built-in corpus, it ships the stop tokens in generation_config.json, and wri
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,14 +25,14 @@ CORPUS_CHARACTERS = set(re.findall(r"[\u4e00-\u9fff]", tiny_corpus.CHINESE))
     ["The sea is calm.", "今天的天气很好。", "Zebra quartz ümlaut 🙂\x00\ttabs  and  spaces\n", "aaaa" * 50, "ĠĊ\ufffd"],
 )
 def test_any_text_round_trips(tiny_checkpoint, text):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
     assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
 
 
 def test_corpus_words_are_single_tokens(tiny_checkpoint):
     """Whole words, not bytes: most corpus words after a space are one token, and Chinese text takes far fewer
     tokens than its UTF-8 bytes."""
-    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
     single = [word for word in CORPUS_WORDS if len(tokenizer.encode(" " + word, add_special_tokens=False)) == 1]
     assert len(single) >= 0.8 * len(CORPUS_WORDS)
     sentence = tiny_corpus.CHINESE.splitlines()[0]
@@ -56,7 +57,7 @@ def test_random_replies_are_corpus_words(tiny_model, sampling):
 
 
 def test_generation_config_names_both_stop_tokens(tiny_checkpoint):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
     config = GenerationConfig.from_pretrained(tiny_checkpoint)
     assert config.eos_token_id == tokenizer.convert_tokens_to_ids([tok.TURN_END, tok.EOS])
     assert config.pad_token_id == tokenizer.convert_tokens_to_ids(tok.PAD)
@@ -74,3 +75,17 @@ def test_writing_a_checkpoint_prints_no_deepspeed_line(tmp_path):
     assert result.stdout.splitlines() == [f"tiny random Megrez-3B-Omni written to {tmp_path / 'tiny'} "
                                           "(random weights: replies are random words)"]  # fmt: skip
     assert "accelerator" not in result.stderr.lower()
+
+
+def test_stop_tokens_command_writes_them_into_a_folder_without(tiny_checkpoint, tmp_path):
+    """What the README tells owners of a checkpoint without generation_config.json to run."""
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / "generation_config.json").unlink()
+    result = subprocess.run([sys.executable, "-m", "megrezo.stop_tokens", str(folder)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_checkpoint, trust_remote_code=True)
+    assert GenerationConfig.from_pretrained(folder).eos_token_id == tokenizer.convert_tokens_to_ids(
+        [tok.TURN_END, tok.EOS]
+    )
