@@ -1,20 +1,24 @@
 """The last bad inputs of `model.chat` get clear errors: truncated WAV files, oversized images, wrong argument types,
-ambiguous audio tuples and integer PCM passed as floats; a reply never runs past the model's last position.
+ambiguous audio tuples, integer PCM passed as floats and a broken turn order (the same rule in the chat template);
+a reply never runs past the model's last position.
 
 Oversized images are written as a real PNG header with no pixel data: the size check must refuse them from the
 header, before any decoding, so the test needs no gigabyte image."""
 
+import itertools
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from jinja2 import TemplateError
 from PIL import Image
 
 from megrezo import special_tokens as tok
 from megrezo.audio_processing import load_audio
 from megrezo.image_processing_megrezo import MAX_IMAGE_PIXELS, MegrezOImageProcessor, load_image
+from megrezo.processing_megrezo import validate_conversation
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 RATE = 16000
@@ -164,3 +168,27 @@ def test_integer_pcm_stored_as_floats_is_refused_like_integer_pcm(tiny_model):
         tiny_model.chat([{"role": "user", "content": {"audio": (wave, RATE)}}], max_new_tokens=2)
     quiet = [{"role": "user", "content": {"audio": (wave.astype(np.float32) / 32768, RATE)}}]
     assert isinstance(tiny_model.chat(quiet, max_new_tokens=2), str)
+
+
+def test_chat_template_refuses_exactly_what_validate_conversation_refuses(tiny_model):
+    """The turn-order rule lives in `validate_conversation` (model.chat, the processor) and in the chat template
+    (vLLM's server renders the template without calling Python): over every role sequence up to four turns, with and
+    without a generation prompt, both refuse the same conversations with the same message."""
+    processor = tiny_model.chat_processor()
+    for length in range(1, 5):
+        for roles in itertools.product(("system", "user", "assistant"), repeat=length):
+            if "system" in roles[1:]:
+                continue
+            messages = [{"role": role, "content": f"turn {index}"} for index, role in enumerate(roles)]
+            for add_generation_prompt in (True, False):
+                try:
+                    validate_conversation(messages, add_generation_prompt)
+                    python_says = None
+                except ValueError as error:
+                    python_says = str(error)
+                try:
+                    processor.render(messages, add_generation_prompt)
+                    template_says = None
+                except TemplateError as error:
+                    template_says = str(error)
+                assert template_says == python_says, (roles, add_generation_prompt)
