@@ -68,6 +68,13 @@ class InputError(ValueError):
     """A user's message that the model cannot take; shown in the page as it is."""
 
 
+def refused(reason: str) -> gr.Error:
+    """The page's error for a user's mistake, logged as one line: a bad upload is not a fault of the app, and a
+    traceback per refused file would bury the app's real errors in its log."""
+    logger.info("refused a request: %s", reason)
+    return gr.Error(reason, print_exception=False)
+
+
 def media_kind(path: str | Path) -> Literal["image", "audio"]:
     """Images and audio are told apart by file suffix (the Chatbot, too, shows a file by its suffix's MIME type)."""
     suffix = Path(path).suffix.lower()
@@ -276,7 +283,7 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
         except Exception as error:  # any failure: put the conversation back as it was, then say what went wrong
             yield rollback, rollback
             if isinstance(error, ValueError | FileNotFoundError):
-                raise gr.Error(str(error)) from error
+                raise refused(str(error)) from error
             logger.exception("generation failed")
             raise gr.Error(f"Generation failed ({type(error).__name__}: {error})") from error
 
@@ -296,7 +303,7 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
         try:
             turn = user_turn(message.get("text", ""), message.get("files", []), recording)
         except InputError as error:
-            raise gr.Error(str(error)) from error
+            raise refused(str(error)) from error
         asked = history + [turn]
         yield asked, None, None, asked
         sampling = Sampling(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
@@ -316,7 +323,7 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
         """Replaces the last reply with a new one to the same user turn (with the current settings)."""
         trimmed = history[:-1] if history and history[-1]["role"] == "assistant" else history
         if not trimmed or trimmed[-1]["role"] != "user":
-            raise gr.Error("Nothing to regenerate yet: send a message first.")
+            raise refused("Nothing to regenerate yet: send a message first.")
         yield trimmed, trimmed
         yield from run(trimmed, history, Sampling(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens))
 
