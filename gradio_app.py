@@ -89,9 +89,10 @@ def media_kind(path: str | Path) -> Literal["image", "audio"]:
 
 
 def check_readable(path: str, kind: Literal["image", "audio"]) -> None:
-    """Decode the file once now, so a corrupt upload is refused before it enters the conversation."""
+    """Decode the file once now, so a corrupt upload is refused before it enters the conversation. A JPEG is decoded
+    at its smallest scale here: that reads every byte of it, and the model decodes it properly later."""
     try:
-        load_image(path) if kind == "image" else load_audio(path)
+        load_image(path, draft=lambda size: (1, 1)) if kind == "image" else load_audio(path)
     except (ValueError, FileNotFoundError) as error:
         # The upload folder's path means nothing to the user; the file name does.
         reason = str(error).replace(str(path), Path(path).name)

@@ -6,7 +6,11 @@ Oversized images are written as a real PNG header with no pixel data: the size c
 header, before any decoding, so the test needs no gigabyte image."""
 
 import itertools
+import json
+import re
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -20,7 +24,8 @@ from megrezo.audio_processing import load_audio
 from megrezo.image_processing_megrezo import MAX_IMAGE_PIXELS, MegrezOImageProcessor, load_image
 from megrezo.processing_megrezo import validate_conversation
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
 RATE = 16000
 
 
@@ -192,3 +197,24 @@ def test_chat_template_refuses_exactly_what_validate_conversation_refuses(tiny_m
                 except TemplateError as error:
                     template_says = str(error)
                 assert template_says == python_says, (roles, add_generation_prompt)
+
+
+def test_validator_reports_truncated_audio_and_oversized_images(tiny_checkpoint, tmp_path):
+    """`finetune/validate_data.py` decodes media with the same loaders, so it names both problems by line."""
+    (tmp_path / "cut.wav").write_bytes(truncated_wav(0.5))
+    (tmp_path / "huge.png").write_bytes(png_header_only(12000, 12000))
+    records = [
+        {"role": "user", "content": {"text": "Listen.", "audio": "cut.wav"}},
+        {"role": "user", "content": {"text": "Look.", "image": "huge.png"}},
+    ]
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps({"conversations": [turn, {"role": "assistant", "content": "ok"}]}) + "\n"
+                            for turn in records))  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "finetune/validate_data.py", str(data), "--dataset_prefix", str(tmp_path),
+         "--model_path", str(tiny_checkpoint)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert re.search(r"line 1: .*truncated WAV audio", result.stdout + result.stderr), result.stdout + result.stderr
+    assert re.search(r"line 2: .*image too large", result.stdout + result.stderr), result.stdout + result.stderr
