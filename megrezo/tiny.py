@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -48,7 +47,6 @@ RELEASE_PREPROCESSOR = {
 
 TOKENIZER_VOCABULARY = 1536
 """Byte-level BPE size: the 256 bytes plus merges learned from TINY_CORPUS, enough for its every word."""
-READABLE_PUNCTUATION = frozenset(",.?!，。、？！")
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -76,33 +74,25 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def readable_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
-    """Ids that read as a word on their own: a corpus word after a space, a run of Chinese characters, or
-    punctuation. Byte tokens and word fragments (" wav" on its way to " waves") are left out."""
-    english = set(re.findall(r"[A-Za-z]+", tiny_corpus.ENGLISH))
-    readable = []
+def unprintable_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """Ids whose text alone is not printable: the non-ASCII byte tokens and pieces of a Chinese character's three
+    bytes (which decode to replacement characters, mojibake), and control characters."""
+    unprintable = []
     for token_id in range(len(tokenizer)):
         text = tokenizer.decode([token_id])
-        if (
-            (text.startswith(" ") and text[1:] in english)
-            or re.fullmatch(r"[\u4e00-\u9fff]+", text)
-            or (text and set(text) <= READABLE_PUNCTUATION)
-        ):
-            readable.append(token_id)
-    return readable
+        if "\ufffd" in text or not text.isprintable():
+            unprintable.append(token_id)
+    return unprintable
 
 
 def favour_readable_tokens(model: MegrezO, tokenizer: PreTrainedTokenizerFast) -> None:
-    """Zero the output rows of every token but the readable ones and the two stop tokens. Their logits are then 0
-    while a few hundred random logits compete, so greedy and sampled replies of the random model are a legible
-    string of corpus words that ends when a stop token happens to win, instead of bytes that decode to mojibake.
-    Only the random weights change: training and every forward pass are untouched."""
-    keep = readable_token_ids(tokenizer) + tokenizer.convert_tokens_to_ids([tok.TURN_END, tok.EOS])
+    """Zero the output rows of the unprintable tokens. Their logits are then 0 while a thousand random logits
+    compete, so the random model's replies are corpus words, word pieces and Chinese characters, never broken bytes.
+    Every other row keeps its random values, so finetuning the tiny model starts as it would from any random model
+    (shrinking all but whole-word rows made its one-word answers much slower to learn). Only the random weights
+    change: training and every forward pass are untouched."""
     with torch.no_grad():
-        weight = model.get_output_embeddings().weight
-        mask = torch.zeros(weight.shape[0], dtype=torch.bool)
-        mask[keep] = True
-        weight[~mask] = 0
+        model.get_output_embeddings().weight[unprintable_token_ids(tokenizer)] = 0
 
 
 MODEL_SIZES: dict[str, dict] = {
