@@ -5,7 +5,7 @@ text-only follow-up that refers back to them.
                               [--quant int8]
 
 Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
-path of the real model, but its weights are random, so its replies are noise.
+path of the real model, but its weights are random, so its replies are random words.
 """
 
 import argparse

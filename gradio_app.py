@@ -56,7 +56,7 @@ MAX_UPLOAD_SIZE = "50mb"
 
 RANDOM_WEIGHTS_NOTICE = (
     "⚠️ **Random weights.** No `--model_path` was given, so this app runs the tiny random test checkpoint: the "
-    "pipeline is real, the replies are noise. Start it with `--model_path` pointing at Megrez-3B-Omni for real answers."
+    "pipeline is real, the replies are random words. Start it with `--model_path` pointing at Megrez-3B-Omni for real answers."
 )
 
 logger = logging.getLogger("megrezo.gradio_app")
@@ -67,6 +67,13 @@ HistoryMessage = dict[str, Any]
 
 class InputError(ValueError):
     """A user's message that the model cannot take; shown in the page as it is."""
+
+
+def refused(reason: str) -> gr.Error:
+    """The page's error for a user's mistake, logged as one line: a bad upload is not a fault of the app, and a
+    traceback per refused file would bury the app's real errors in its log."""
+    logger.info("refused a request: %s", reason)
+    return gr.Error(reason, print_exception=False)
 
 
 def media_kind(path: str | Path) -> Literal["image", "audio"]:
@@ -83,9 +90,10 @@ def media_kind(path: str | Path) -> Literal["image", "audio"]:
 
 
 def check_readable(path: str, kind: Literal["image", "audio"]) -> None:
-    """Decode the file once now, so a corrupt upload is refused before it enters the conversation."""
+    """Decode the file once now, so a corrupt upload is refused before it enters the conversation. A JPEG is decoded
+    at its smallest scale here: that reads every byte of it, and the model decodes it properly later."""
     try:
-        load_image(path) if kind == "image" else load_audio(path)
+        load_image(path, draft=lambda size: (1, 1)) if kind == "image" else load_audio(path)
     except (ValueError, FileNotFoundError) as error:
         # The upload folder's path means nothing to the user; the file name does.
         reason = str(error).replace(str(path), Path(path).name)
@@ -277,7 +285,7 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
         except Exception as error:  # any failure: put the conversation back as it was, then say what went wrong
             yield rollback, rollback
             if isinstance(error, ValueError | FileNotFoundError):
-                raise gr.Error(str(error)) from error
+                raise refused(str(error)) from error
             logger.exception("generation failed")
             raise gr.Error(f"Generation failed ({type(error).__name__}: {error})") from error
 
@@ -297,7 +305,7 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
         try:
             turn = user_turn(message.get("text", ""), message.get("files", []), recording)
         except InputError as error:
-            raise gr.Error(str(error)) from error
+            raise refused(str(error)) from error
         asked = history + [turn]
         yield asked, None, None, asked
         sampling = Sampling(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
@@ -317,7 +325,7 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
         """Replaces the last reply with a new one to the same user turn (with the current settings)."""
         trimmed = history[:-1] if history and history[-1]["role"] == "assistant" else history
         if not trimmed or trimmed[-1]["role"] != "user":
-            raise gr.Error("Nothing to regenerate yet: send a message first.")
+            raise refused("Nothing to regenerate yet: send a message first.")
         yield trimmed, trimmed
         yield from run(trimmed, history, Sampling(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens))
 

@@ -10,9 +10,9 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from output_folder import add_out_argument
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default="bench/results/decode_throughput.json")
+    add_out_argument(parser)
     args = parser.parse_args()
 
     model, plain = build_pair(args.size)
@@ -70,8 +70,8 @@ def main() -> None:
         "tokens_per_s": {name: tokens / statistics.median(s) for name, s in seconds.items()},
     }
     result["ratio"] = result["tokens_per_s"]["MegrezO.generate"] / result["tokens_per_s"]["LlamaForCausalLM.generate"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "decode_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     for name, rate in result["tokens_per_s"].items():
         print(f"{name:28s} {rate:9.1f} tokens/s")
     print(f"{'ratio':28s} {result['ratio']:9.3f}  (goal >= 0.95)")

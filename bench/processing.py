@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
+from output_folder import add_out_argument
 from PIL import Image
 
 from megrezo.audio_processing import SAMPLING_RATE, load_audio
@@ -51,7 +52,7 @@ def make_inputs(folder: Path) -> tuple[Path, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", default="bench/results/processing.json")
+    add_out_argument(parser)
     args = parser.parse_args()
 
     processor = MegrezOProcessor.from_pretrained(cached_tiny_checkpoint(), trust_remote_code=True)
@@ -109,8 +110,8 @@ def main() -> None:
         print(f"{name:<{width}}  {seconds * 1000:8.2f}")
     print(f"processor audio path / direct Whisper = {ratio:.3f} (median of per-pair ratios; goal <= 1.1)")
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = args.out / "processing.json"
+    args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "repeats": args.repeats,
         "milliseconds": {name: round(seconds * 1000, 3) for name, seconds in steps.items()},

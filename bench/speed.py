@@ -8,13 +8,13 @@ Weights are random (tiny, small, or the release's full dimensions; see megrezo.t
 --model_path names a real checkpoint. Both backends are timed end to end, preprocessing included, the same way:
 - prefill tokens/s = all prompt tokens of the batch (text + image positions) / time to generate 1 token
 - decode tokens/s = batch x (new_tokens - 1) / (time to generate new_tokens - time to generate 1 token)
-Every run writes bench/results/speed_{backend}_{size}.json (the folder can be moved with MEGREZO_BENCH_RESULTS) and
-redraws speed.png there from all such files, then prints the table.
+Every run writes speed_{backend}_{size}.json to the output folder (bench/out/ unless --out or MEGREZO_BENCH_RESULTS
+says otherwise; --out bench/results updates the tracked figures) and redraws speed.png there from all such files,
+then prints the table.
 """
 
 import argparse
 import json
-import os
 import random
 import statistics
 import time
@@ -22,13 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from output_folder import add_out_argument
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from megrezo.processing_megrezo import MegrezOProcessor
 from megrezo.tiny import MODEL_SIZES, cached_tiny_checkpoint
 
-RESULTS = Path(os.environ.get("MEGREZO_BENCH_RESULTS", Path(__file__).parent / "results"))
 WORDS = "the quick brown fox jumps over a lazy dog while seven red kites drift above quiet green hills".split()
 
 
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--text-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    add_out_argument(parser)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
 
@@ -163,10 +164,10 @@ def main() -> None:
         "prefill_tokens_per_s": prompt_tokens / prefill_s,
         "decode_tokens_per_s": args.batch * (args.new_tokens - 1) / max(full_s - prefill_s, 1e-9),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"speed_{args.backend}_{result['size']}.json").write_text(json.dumps(result, indent=2) + "\n")
-    everything = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("speed_*.json"))]
-    draw_chart(everything, RESULTS / "speed.png")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"speed_{args.backend}_{result['size']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    everything = [json.loads(p.read_text()) for p in sorted(args.out.glob("speed_*.json"))]
+    draw_chart(everything, args.out / "speed.png")
 
     print("\n| backend | size | device | image tokens/seq | prefill tokens/s | decode tokens/s |")
     print("| --- | --- | --- | --- | --- | --- |")

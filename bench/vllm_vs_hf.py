@@ -1,14 +1,14 @@
 """Throughput of vLLM versus HF `model.chat` for 8 concurrent image requests, side by side in one run.
 
-Each request is the seed's speed-table shape scaled to the tiny checkpoint: a user turn of 128 text tokens with one
+Each request is the authors' speed-table shape scaled to the tiny checkpoint: a user turn of 128 text tokens with one
 720x1480 image (7 slices, 448 image fillers), answered with exactly 128 new tokens (stop tokens suppressed until
-then), greedy with the seed's repetition penalty 1.2. HF answers the 8 as one left-padded `model.chat` batch;
+then), greedy with the authors' repetition penalty 1.2. HF answers the 8 as one left-padded `model.chat` batch;
 vLLM gets the 8 requests at once. Every round uses fresh images and texts, so neither backend reuses cached media
 or prefixes between rounds; rounds alternate between the backends so machine load affects both alike. Times cover
 preprocessing (slicing, layout) as well as generation. The speedup is the ratio of median rates (the best rounds'
 ratio is recorded too, as shared machines add noise). Goal: vLLM >= 3x HF.
 
-    python bench/vllm_vs_hf.py [--model_path DIR] [--rounds 3] [--out bench/results/vllm_vs_hf.json]
+    python bench/vllm_vs_hf.py [--model_path DIR] [--rounds 3] [--out bench/results]
 """
 
 import argparse
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from output_folder import add_out_argument
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_path", help="checkpoint folder (default: the tiny random checkpoint)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "vllm_vs_hf.json"))
+    add_out_argument(parser)
     args = parser.parse_args()
 
     import torch
@@ -59,14 +60,14 @@ def main() -> None:
 
     from megrezo.processing_megrezo import MegrezOProcessor
     from megrezo.tiny import cached_tiny_checkpoint
-    from vllm_demo.chat_requests import seed_sampling_params, to_vllm_request
+    from vllm_demo.chat_requests import authors_sampling_params, to_vllm_request
     from vllm_demo.offline import load_llm
 
     model_path = args.model_path or str(cached_tiny_checkpoint())
     processor = MegrezOProcessor.from_pretrained(model_path, trust_remote_code=True)
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=torch.float32).eval()
     llm = load_llm(model_path, dtype="float32", seed=0)
-    params = seed_sampling_params(processor, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
+    params = authors_sampling_params(processor, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
 
     def run_hf(batch: list[list[dict]]) -> int:
         replies = model.chat(batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, return_tokens=True)
@@ -114,8 +115,8 @@ def main() -> None:
         "goal": GOAL,
     }
     result["goal_met"] = result["speedup_vllm_over_hf"] >= GOAL
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "vllm_vs_hf.json").write_text(json.dumps(result, indent=2) + "\n")
     for name, rate in rates.items():
         print(f"{name:22s} {rate:9.1f} tokens/s (median of {args.rounds} rounds)")
     print(f"{'speedup':22s} {result['speedup_vllm_over_hf']:9.2f}x  (goal >= {GOAL}x; medians)")

@@ -26,13 +26,13 @@ class VLLMBackend:
         from vllm.sampling_params import RequestOutputKind
 
         from megrezo.processing_megrezo import MegrezOProcessor
-        from vllm_demo.chat_requests import seed_sampling_params
+        from vllm_demo.chat_requests import authors_sampling_params
         from vllm_demo.offline import load_llm
 
         self.processor = MegrezOProcessor.from_pretrained(model_path, trust_remote_code=True)
         dtype = checkpoint_dtype(model_path) if dtype == "auto" else dtype
         self.llm = load_llm(model_path, dtype=dtype, seed=0, **engine_args)
-        self.params = seed_sampling_params(
+        self.params = authors_sampling_params(
             self.processor,
             max_tokens=settings.max_new_tokens,
             repetition_penalty=settings.repetition_penalty,

@@ -17,7 +17,7 @@ from PIL import Image
 
 from megrezo.audio_processing import load_audio
 from megrezo.image_processing_megrezo import load_image
-from megrezo.processing_megrezo import validate_conversation
+from megrezo.processing_megrezo import media_items, validate_conversation
 
 MEDIA_KINDS = ("image", "audio")
 
@@ -37,13 +37,6 @@ class Record:
 
     line: int
     conversation: list[dict]
-
-
-def _media_items(content: object, kind: str) -> list:
-    if not isinstance(content, dict) or content.get(kind) is None:
-        return []
-    value = content[kind]
-    return list(value) if isinstance(value, list) else [value]
 
 
 def resolve_media(path: object, prefix: Path, kind: str) -> Path:
@@ -93,7 +86,7 @@ def check_line(text: str, prefix: Path, processor, model_max_length: int) -> tup
             content = dict(content)
             for kind in MEDIA_KINDS:
                 paths = []
-                for item in _media_items(content, kind):
+                for item in media_items(content.get(kind)):
                     try:
                         path = resolve_media(item, prefix, kind)
                         _decode(path, kind)

@@ -11,6 +11,7 @@ librosa lazily (its first import takes seconds).
 
 import io
 import shutil
+import struct
 import subprocess
 import tempfile
 import warnings
@@ -31,6 +32,9 @@ HOP_LENGTH = 160
 MEL_BINS = 128
 MIN_CLIP_SAMPLES = 3 * HOP_LENGTH
 """The shortest clip the encoder accepts: 3 mel frames give T1 = 2 and T2 = 1; anything shorter gives T2 = 0."""
+MAX_FLOAT_PEAK = 2.0
+"""Float samples belong in [-1, 1]. Mixing or resampling can overshoot a little, so peaks up to 2 pass; anything
+larger is integer PCM stored as floats (e.g. int16 values up to 32767), which would feed the encoder garbage."""
 
 _SOUNDFILE_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff"})
 """Containers libsndfile reads itself; everything else (m4a, webm, mp4, aac, ...) goes through ffmpeg."""
@@ -47,13 +51,15 @@ def load_audio(source: object, sampling_rate: int | None = None) -> np.ndarray:
     """
     if isinstance(source, (np.ndarray, torch.Tensor)):
         wave, description = _samples_from_array(source), f"array of shape {tuple(source.shape)}"
-        rate = SAMPLING_RATE if sampling_rate is None else sampling_rate
+        rate = SAMPLING_RATE if sampling_rate is None else checked_sampling_rate(sampling_rate)
     elif sampling_rate is not None:
         raise ValueError(f"sampling_rate is for sample arrays; an audio file carries its own (got {sampling_rate})")
     elif isinstance(source, (str, Path)):
         wave, rate = _decode_file(Path(source))
         description = f"file {source}"
     elif isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ValueError("audio is empty (zero bytes): expected the bytes of an audio file")
         wave, rate = _decode_bytes(bytes(source))
         description = f"{len(source)} bytes"
     else:
@@ -62,6 +68,16 @@ def load_audio(source: object, sampling_rate: int | None = None) -> np.ndarray:
         )
     _check_samples(wave, description)
     return _resample(wave, rate, SAMPLING_RATE)
+
+
+def checked_sampling_rate(value: object) -> int:
+    """The rate of a sample array as a positive whole number of Hz; 16000.0 is accepted, "16000" is not (a string
+    rate is a mistake somewhere upstream, better named than guessed)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise ValueError(f"sampling_rate must be a number of Hz, got {value!r} ({type(value).__name__})")
+    if not float(value).is_integer() or value <= 0:
+        raise ValueError(f"sampling_rate must be a positive whole number of Hz, got {value!r}")
+    return int(value)
 
 
 def _samples_from_array(samples: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -76,7 +92,14 @@ def _samples_from_array(samples: np.ndarray | torch.Tensor) -> np.ndarray:
         samples = samples.mean(axis=channel_axis)
     elif samples.ndim != 1:
         raise ValueError(f"audio array must be 1-D (mono) or 2-D (channels), got shape {tuple(samples.shape)}")
-    return np.asarray(samples, dtype=np.float32)
+    samples = np.asarray(samples, dtype=np.float32)
+    peak = float(np.abs(samples).max()) if samples.size and np.isfinite(samples).all() else 0.0
+    if peak > MAX_FLOAT_PEAK:
+        raise ValueError(
+            f"audio array must hold floating-point samples in [-1, 1], but its peak is {peak:g}: integer PCM stored "
+            "as floats? Divide int16 samples by 32768"
+        )
+    return samples
 
 
 def _check_samples(wave: np.ndarray, description: str) -> None:
@@ -91,6 +114,8 @@ def _decode_file(path: Path) -> tuple[np.ndarray, int]:
     """Decode with libsndfile; then librosa for the containers libsndfile should know, ffmpeg for the others."""
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
+    with open(path, "rb") as file:
+        _check_wav_is_complete(file.read(4096), path.stat().st_size, f"file {path}")
     try:
         return _read_with_soundfile(path)
     except Exception as soundfile_error:
@@ -104,6 +129,7 @@ def _decode_file(path: Path) -> tuple[np.ndarray, int]:
 
 def _decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
     """Raw file bytes have no name to go by, so try libsndfile and then ffmpeg on a temporary copy."""
+    _check_wav_is_complete(data[:4096], len(data), f"{len(data)} bytes")
     try:
         return _read_with_soundfile(io.BytesIO(data))
     except Exception as soundfile_error:
@@ -116,6 +142,27 @@ def _decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
         path = Path(directory) / "audio"
         path.write_bytes(data)
         return _decode_with_ffmpeg(path, f"{len(data)} bytes"), SAMPLING_RATE
+
+
+def _check_wav_is_complete(head: bytes, file_size: int, description: str) -> None:
+    """Refuse a WAV file whose `data` chunk claims more bytes than the file holds. libsndfile reads such a file
+    without complaint and returns whatever is there (one sample, or half the recording), so a file cut off in a
+    download or copy would silently become different audio. Streams written before their length was known (size
+    0 or 0xFFFFFFFF) and RF64 files are left to the decoder."""
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    offset = 12
+    while offset + 8 <= len(head):
+        chunk_id, chunk_size = head[offset : offset + 4], struct.unpack("<I", head[offset + 4 : offset + 8])[0]
+        if chunk_id == b"data":
+            available = file_size - (offset + 8)
+            if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
+                raise ValueError(
+                    f"truncated WAV audio: its header promises {chunk_size} bytes of samples but only {available} "
+                    f"follow ({description}); the file was cut off, re-export or re-download it"
+                )
+            return
+        offset += 8 + chunk_size + (chunk_size & 1)
 
 
 def _read_with_soundfile(file: Path | io.BytesIO) -> tuple[np.ndarray, int]:

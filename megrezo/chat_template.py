@@ -4,7 +4,7 @@ A conversation is rendered as `<|role_start|>{role}<|role_end|>{content}<|turn_e
 default system turn is added when the conversation has none. A turn whose content is a dict gets one
 `(<image>./</image>)` line per image, then `Audio {k}: (<audio>./</audio>)` per audio item (k counts the
 conversation's audio items from 1), then its text; the processor later expands those placeholders into filler
-tokens.
+tokens. A conversation that breaks the turn order is refused by the template itself (TURN_ORDER_CHECK).
 
 The template can be given the media themselves, as the authors' vLLM example does
 (`tokenizer.apply_chat_template(conversation, ...)` with a PIL image in the content). Only a Python list holds
@@ -15,7 +15,25 @@ mapping, an array (`ndim`) nor bytes (`decode`) and has both `copy` and `count` 
 
 DEFAULT_SYSTEM_PROMPT = "你是Megrez-3B-Instruct，将针对用户的问题给出详细的、积极的回答。"
 
-CHAT_TEMPLATE = (
+TURN_ORDER_CHECK = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' and loop.first -%}"
+    "{{- raise_exception('messages[0]: a conversation cannot start with an assistant turn') -}}"
+    "{%- elif message['role'] == 'assistant' and loop.previtem['role'] == 'assistant' -%}"
+    "{{- raise_exception('messages[' ~ loop.index0 ~ ']: two assistant turns in a row (messages ' ~ (loop.index0 - 1)"
+    " ~ ' and ' ~ loop.index0 ~ ')') -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt and messages[-1]['role'] == 'assistant' -%}"
+    "{{- raise_exception('the conversation ends with an assistant turn but a reply is requested "
+    "(add_generation_prompt=True); end it with a user turn') -}}"
+    "{%- endif -%}"
+)
+"""The turn-order rule of `processing_megrezo.validate_conversation`, word for word, for front ends that render the
+template without calling it (vLLM's OpenAI server): an assistant turn never comes first or twice in a row, and a
+reply is only asked for after a user turn."""
+
+CHAT_TEMPLATE = TURN_ORDER_CHECK + (
     "{%- set audio = namespace(count=0) -%}"
     "{%- if messages[0]['role'] != 'system' -%}"
     "{{- '<|role_start|>system<|role_end|>' + (default_system if default_system is defined else '"

@@ -10,7 +10,8 @@ standard library, torch, numpy, PIL, transformers and `batch_format.py`.
 import io
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,13 @@ ImageSource = str | os.PathLike | Image.Image | np.ndarray | bytes | bytearray
 Size = tuple[int, int]
 
 RESAMPLE = Image.Resampling.BICUBIC
+MAX_IMAGE_PIXELS = 8192 * 8192
+"""The largest image accepted, in pixels (64 megapixels, e.g. 8192x8192 or 10000x6700). The model sees at most
+about 2 megapixels of any image (9 slices of about 448x448 plus an overview), so a larger one only costs memory:
+a 12000x12000 image would take over 400 MB to decode. Checked from the file header, before decoding."""
+DRAFT_MARGIN = 2
+"""A JPEG much larger than its slices is decoded at a reduced DCT scale (1/2, 1/4 or 1/8) that still keeps at least
+this many times the largest slicing target on each side, so the bicubic resize that follows sees the same detail."""
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -34,23 +42,62 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _decode(stream: io.IOBase | str | os.PathLike, described_as: str) -> Image.Image:
-    """Decode fully inside the `try`, since PIL opens lazily and a truncated file only fails on `load()`."""
-    try:
-        with Image.open(stream) as image:
+def check_image_size(size: Size, described_as: str) -> None:
+    """Refuse images above MAX_IMAGE_PIXELS with the same message in every front end."""
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"image too large: {described_as} is {width}x{height} ({width * height:,} pixels); the limit is "
+            f"{MAX_IMAGE_PIXELS:,} pixels (e.g. 8192x8192). Downscale it first: the model sees at most about "
+            "2 megapixels of an image"
+        )
+
+
+def _decode(
+    stream: io.IOBase | str | os.PathLike, described_as: str, draft: "DraftTarget | None" = None
+) -> Image.Image:
+    """Check the size from the header, then decode fully inside the `try`, since PIL opens lazily and a truncated
+    file only fails on `load()`. `draft` lets a large JPEG decode at a reduced scale (see DRAFT_MARGIN)."""
+    with open_image_checked(stream, described_as) as image:
+        try:
+            if draft is not None and image.format == "JPEG":
+                width, height = draft(image.size)
+                image.draft("RGB", (width * DRAFT_MARGIN, height * DRAFT_MARGIN))
             image.load()
             return image.convert("RGB")
+        except OSError as error:
+            raise ValueError(f"corrupt or unsupported image: {described_as} ({error})") from error
+
+
+def open_image_checked(stream: io.IOBase | str | os.PathLike, described_as: str) -> Image.Image:
+    """Open an encoded image lazily (header only) and refuse it when it is above MAX_IMAGE_PIXELS or unreadable,
+    so that no front end decodes a huge image before saying no."""
+    try:
+        with warnings.catch_warnings():
+            # PIL warns about sizes that check_image_size refuses anyway, with a message of its own.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"image too large: {described_as} ({error}); the limit is {MAX_IMAGE_PIXELS:,} pixels"
+        ) from error
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"corrupt or unsupported image: {described_as} ({error})") from error
+    try:
+        check_image_size(image.size, described_as)
+    except ValueError:
+        image.close()
+        raise
+    return image
 
 
-def _load_path(path: Path) -> Image.Image:
+def _load_path(path: Path, draft: "DraftTarget | None") -> Image.Image:
     """Check the path first so that a typo reads as a missing file, not as an undecodable one."""
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
     if not path.is_file():
         raise ValueError(f"image path is not a file: {path}")
-    return _decode(path, str(path))
+    return _decode(path, str(path), draft)
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
@@ -62,16 +109,25 @@ def _from_array(array: np.ndarray) -> Image.Image:
     raise ValueError(f"unsupported image array shape {array.shape}: expected HxWx3 RGB or HxW grayscale")
 
 
-def load_image(source: ImageSource) -> Image.Image:
-    """One entry point for every way a caller may hand over an image, so that errors name the path and the problem."""
+DraftTarget = Callable[[Size], Size]
+"""Maps an image's full size to the largest size its slicing resizes to, so a decoder may stop above that."""
+
+
+def load_image(source: ImageSource, draft: DraftTarget | None = None) -> Image.Image:
+    """One entry point for every way a caller may hand over an image, so that errors name the path and the problem.
+    Images above MAX_IMAGE_PIXELS are refused. With `draft`, an encoded JPEG may come back smaller than its full
+    size (never below DRAFT_MARGIN times `draft(full size)`)."""
     if isinstance(source, Image.Image):
+        check_image_size(source.size, f"the {source.width}x{source.height} image")
         return _to_rgb(source)
     if isinstance(source, str | os.PathLike):
-        return _load_path(Path(source))
+        return _load_path(Path(source), draft)
     if isinstance(source, np.ndarray):
+        if source.ndim >= 2:
+            check_image_size((source.shape[1], source.shape[0]), f"the image array of shape {source.shape}")
         return _from_array(source)
     if isinstance(source, bytes | bytearray):
-        return _decode(io.BytesIO(source), f"<{len(source)} bytes>")
+        return _decode(io.BytesIO(source), f"<{len(source)} bytes>", draft)
     raise ValueError(
         f"unsupported image input type {type(source).__name__}: expected a path, PIL image, numpy array or bytes"
     )
@@ -133,18 +189,34 @@ def split_into_tiles(image: Image.Image, grid: Size) -> list[Image.Image]:
     ]
 
 
+def slicing_targets(
+    size: Size, scale_resolution: int, max_slice_nums: int, patch_size: int
+) -> tuple[Size, Size | None, Size | None]:
+    """(source slice size, refined size or None, grid or None) that the slicing rules give an image of `size`."""
+    grid = best_grid(size, scale_resolution, max_slice_nums)
+    if grid is None:
+        return best_resize(size, scale_resolution, patch_size, allow_upscale=True), None, None
+    refined = refine_size(size, grid, scale_resolution, patch_size)
+    return best_resize(size, scale_resolution, patch_size), refined, grid
+
+
 def slice_image(
-    image: Image.Image, scale_resolution: int = 448, max_slice_nums: int = 9, patch_size: int = 14
+    image: Image.Image,
+    scale_resolution: int = 448,
+    max_slice_nums: int = 9,
+    patch_size: int = 14,
+    full_size: Size | None = None,
 ) -> tuple[Image.Image, list[Image.Image], Size | None]:
     """(source slice, tiles row-major, grid as (cols, rows) or None). A small image becomes one upscaled slice; a
-    large one gets a downscaled overview plus tiles of a refined resize, each about `scale_resolution**2` pixels."""
-    grid = best_grid(image.size, scale_resolution, max_slice_nums)
+    large one gets a downscaled overview plus tiles of a refined resize, each about `scale_resolution**2` pixels.
+    `full_size` is the image's size before a reduced decode: the grid and every target size follow it."""
+    source_size, refined_size, grid = slicing_targets(
+        full_size or image.size, scale_resolution, max_slice_nums, patch_size
+    )
+    source = image.resize(source_size, RESAMPLE)
     if grid is None:
-        single = best_resize(image.size, scale_resolution, patch_size, allow_upscale=True)
-        return image.resize(single, RESAMPLE), [], None
-    source = image.resize(best_resize(image.size, scale_resolution, patch_size), RESAMPLE)
-    refined = image.resize(refine_size(image.size, grid, scale_resolution, patch_size), RESAMPLE)
-    return source, split_into_tiles(refined, grid), grid
+        return source, [], None
+    return source, split_into_tiles(image.resize(refined_size, RESAMPLE), grid), grid
 
 
 def image_to_patch_strip(image: Image.Image, patch_size: int = 14) -> tuple[torch.Tensor, Size]:
@@ -236,12 +308,20 @@ class MegrezOImageProcessor(BaseImageProcessor):
         one-slice case of the rules (`max_slice_nums` 1: upscaled to about `scale_resolution**2` pixels)."""
         slice_mode = self.slice_mode if slice_mode is None else slice_mode
         max_slice_nums = self.max_slice_nums if max_slice_nums is None else max_slice_nums
-        source, tiles, grid = slice_image(
-            load_image(image),
-            scale_resolution=self.scale_resolution if scale_resolution is None else scale_resolution,
-            max_slice_nums=max_slice_nums if slice_mode else 1,
-            patch_size=self.patch_size,
-        )
+        settings = {
+            "scale_resolution": self.scale_resolution if scale_resolution is None else scale_resolution,
+            "max_slice_nums": max_slice_nums if slice_mode else 1,
+            "patch_size": self.patch_size,
+        }
+        full_size: list[Size] = []
+
+        def largest_target(size: Size) -> Size:
+            full_size.append(size)
+            source_size, refined_size, _ = slicing_targets(size, **settings)
+            return refined_size or source_size
+
+        decoded = load_image(image, draft=largest_target)
+        source, tiles, grid = slice_image(decoded, **settings, full_size=full_size[0] if full_size else None)
         laid_out = [image_to_patch_strip(part, self.patch_size) for part in [source, *tiles]]
         return ProcessedImage(
             strips=[strip for strip, _ in laid_out], tgt_sizes=[size for _, size in laid_out], grid=grid

@@ -202,18 +202,27 @@ class MegrezO(MegrezOPreTrainedModel):
         Decoding stops at `<|turn_end|>` or `<|eos|>`; the reply is the text before the stop token, decoded without
         special tokens. `streamer` (e.g. a fresh `TextIteratorStreamer` per call) works with one conversation.
         `return_tokens=True` returns the generated ids before the stop token instead of text.
+        A reply never runs past the model's last position: `max_new_tokens` is lowered to the positions the prompt
+        leaves (4,096 minus the prompt's length), and a prompt that leaves none is refused.
         """
+        if not isinstance(messages, list | tuple):
+            raise ValueError(
+                f"messages must be a conversation (a list of message dicts) or a list of conversations, "
+                f"got {type(messages).__name__}"
+            )
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         processor = processor or self.chat_processor()
         single = len(messages) > 0 and isinstance(messages[0], dict)
         conversations = [messages] if single else list(messages)
         if streamer is not None and len(conversations) != 1:
             raise ValueError(f"streamer= works with one conversation, got {len(conversations)}")
         batch = processor(conversations, add_generation_prompt=True, padding_side="left")
-        prompt_length = batch["input_ids"].shape[1]
-        if prompt_length > self.config.max_position_embeddings:
+        positions_left = self.config.max_position_embeddings - batch["input_ids"].shape[1]
+        if positions_left < 1:
             raise ValueError(
-                f"prompt is {prompt_length} tokens, longer than the model's {self.config.max_position_embeddings} "
-                "positions"
+                f"prompt is {batch['input_ids'].shape[1]} tokens and leaves no room for a reply in the model's "
+                f"{self.config.max_position_embeddings} positions"
             )
 
         def to_model(value):
@@ -226,7 +235,7 @@ class MegrezO(MegrezOPreTrainedModel):
         batch = to_model(batch)
         stop_ids = [processor.token_ids[TURN_END], processor.token_ids[EOS]]
         settings = {
-            "max_new_tokens": max_new_tokens,
+            "max_new_tokens": min(max_new_tokens, positions_left),
             "do_sample": sampling,
             "repetition_penalty": 1.2,
             "eos_token_id": stop_ids,

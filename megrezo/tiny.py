@@ -1,27 +1,31 @@
 """A tiny random Megrez-3B-Omni in the release's layout, for tests and demos: `python -m megrezo.tiny OUT_DIR`.
 
 Same tensor names, same code path, same special tokens as the release; only the sizes are small (LLM head_dim 64,
-which vLLM's CPU attention needs) and the tokenizer is byte-level, so any text round-trips. Deterministic for a
-seed. Its weights are random: its replies are noise.
+which vLLM's CPU attention needs) and the tokenizer is a small byte-level BPE whose words come from a built-in
+corpus (any text still round-trips). Deterministic for a seed. Its weights are random: its replies are random words.
 """
 
 import argparse
 import hashlib
 import json
+import logging
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
 
 from . import special_tokens as tok
+from . import tiny_corpus
 from .chat_template import CHAT_TEMPLATE
 from .configuration_megrezo import MegrezOAudioConfig, MegrezOConfig
 from .image_processing_megrezo import MegrezOImageProcessor
 from .modeling_megrezo import MegrezO
 from .processing_megrezo import MegrezOProcessor
+from .stop_tokens import stop_generation_config
 
 RELEASE_PREPROCESSOR = {
     "image_processor_type": "MegrezOImageProcessor",
@@ -41,12 +45,23 @@ RELEASE_PREPROCESSOR = {
 }
 
 
+TOKENIZER_VOCABULARY = 1536
+"""Byte-level BPE size: the 256 bytes plus merges learned from TINY_CORPUS, enough for its every word."""
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer (256 byte tokens, no merges) plus the release's special and media tokens."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    backend = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
+    """Byte-level BPE learned from the built-in corpus (`tiny_corpus.py`), plus the release's special and media
+    tokens. Its vocabulary holds whole English and Chinese words, so random replies read as words; the 256 byte
+    tokens stay, so any text round-trips. Training is deterministic: the same corpus gives the same ids."""
+    backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCABULARY,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator((tiny_corpus.ENGLISH + tiny_corpus.CHINESE).splitlines(), trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=tok.EOS,
@@ -57,6 +72,27 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         chat_template=CHAT_TEMPLATE,
     )
     return tokenizer
+
+
+def unprintable_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
+    """Ids whose text alone is not printable: the non-ASCII byte tokens and pieces of a Chinese character's three
+    bytes (which decode to replacement characters, mojibake), and control characters."""
+    unprintable = []
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id])
+        if "\ufffd" in text or not text.isprintable():
+            unprintable.append(token_id)
+    return unprintable
+
+
+def favour_readable_tokens(model: MegrezO, tokenizer: PreTrainedTokenizerFast) -> None:
+    """Zero the output rows of the unprintable tokens. Their logits are then 0 while a thousand random logits
+    compete, so the random model's replies are corpus words, word pieces and Chinese characters, never broken bytes.
+    Every other row keeps its random values, so finetuning the tiny model starts as it would from any random model
+    (shrinking all but whole-word rows made its one-word answers much slower to learn). Only the random weights
+    change: training and every forward pass are untouched."""
+    with torch.no_grad():
+        model.get_output_embeddings().weight[unprintable_token_ids(tokenizer)] = 0
 
 
 MODEL_SIZES: dict[str, dict] = {
@@ -127,10 +163,30 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, config: MegrezOConfig) -
     )
 
 
+class _AcceleratorGuessFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Setting accelerator to" not in record.getMessage()
+
+
+@contextmanager
+def quiet_deepspeed_accelerator_guess():
+    """`save_pretrained` asks accelerate whether the model is wrapped, which imports DeepSpeed where it is installed;
+    on a machine without a GPU DeepSpeed then prints (to stdout) that it falls back to the CPU. Writing a checkpoint
+    uses no DeepSpeed, so that line is noise here; training, where it matters, still shows it."""
+    logger = logging.getLogger("DeepSpeed")
+    line_filter = _AcceleratorGuessFilter()
+    logger.addFilter(line_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(line_filter)
+
+
 def make_tiny_checkpoint(
     out_dir: str | Path, seed: int = 0, size: str = "tiny", dtype: torch.dtype = torch.float32
 ) -> Path:
-    """Writes config, safetensors weights, remote code, tokenizer, processor and preprocessor config to out_dir.
+    """Writes config, safetensors weights, remote code, tokenizer, processor, preprocessor config and
+    generation_config.json (the stop tokens) to out_dir.
     `size` picks one of MODEL_SIZES; weights are stored in `dtype`.
 
     The processor is saved with its remote code (processing_megrezo.py and the files it imports) and auto_map, so
@@ -147,8 +203,11 @@ def make_tiny_checkpoint(
         model = MegrezO(config).to(dtype).eval()
     finally:
         torch.set_default_dtype(default_dtype)
-    model.save_pretrained(out_dir)
+    favour_readable_tokens(model, tokenizer)
+    with quiet_deepspeed_accelerator_guess():
+        model.save_pretrained(out_dir)
     build_processor(tokenizer, config).save_pretrained(out_dir)
+    stop_generation_config(tokenizer).save_pretrained(out_dir)
     (out_dir / "preprocessor_config.json").write_text(json.dumps(RELEASE_PREPROCESSOR, indent=2) + "\n")
     return out_dir
 
@@ -167,7 +226,7 @@ def cached_tiny_checkpoint(seed: int = 0, size: str = "tiny", dtype: torch.dtype
     dtype_name = str(dtype).removeprefix("torch.")
     path = root / f"{size}-{dtype_name}-seed{seed}-{digest.hexdigest()[:12]}"
     if not (path / "config.json").exists():
-        print(f"megrezo: creating a {size} random checkpoint in {path} (random weights: replies are noise)",
+        print(f"megrezo: creating a {size} random checkpoint in {path} (random weights: replies are random words)",
               file=sys.stderr)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         make_tiny_checkpoint(tmp, seed, size, dtype)
@@ -183,7 +242,7 @@ def model_path_or_tiny(model_path: str | None) -> str:
     """The scripts' --model_path, or the cached tiny checkpoint with a one-line notice that its weights are random."""
     if model_path:
         return model_path
-    print("No --model_path: using the tiny checkpoint, whose weights are random (its replies are noise).")
+    print("No --model_path: using the tiny checkpoint, whose weights are random (its replies are random words).")
     return str(cached_tiny_checkpoint())
 
 
@@ -195,7 +254,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     args = parser.parse_args()
     path = make_tiny_checkpoint(args.out_dir, args.seed, args.size, getattr(torch, args.dtype))
-    print(f"{args.size} random Megrez-3B-Omni written to {path} (random weights: replies are noise)")
+    print(f"{args.size} random Megrez-3B-Omni written to {path} (random weights: replies are random words)")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=""
   command -v espeak-ng >/dev/null || need="$need espeak-ng"
   command -v chromium >/dev/null || need="$need chromium"
+  # A Chinese font, so the browser test's screenshot shows the tiny checkpoint's Chinese words, not empty boxes.
+  { command -v fc-list >/dev/null && fc-list :lang=zh | grep -q .; } || need="$need fonts-wqy-zenhei"
   if [ -n "$need" ]; then
     echo "setup: apt-get install$need"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null) \

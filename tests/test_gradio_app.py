@@ -17,6 +17,7 @@ import pytest
 from gradio_app_process import REPO, first_answered, running_app, user_message, write_image, write_speech
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from test_bad_input import png_header_only
 
 import gradio_app
 
@@ -43,6 +44,10 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     corrupt.write_bytes(write_image(folder / "whole.png").read_bytes()[:200])
     notes = folder / "notes.txt"
     notes.write_text("not an image\n")
+    huge = folder / "huge.png"
+    huge.write_bytes(png_header_only(12000, 12000))
+    cut = folder / "cut.wav"
+    cut.write_bytes(write_speech(folder / "whole.wav").read_bytes()[:3000])
     return {
         "image": write_image(folder / "shapes.png", seed=1),
         "image2": write_image(folder / "circles.png", seed=2),
@@ -51,6 +56,8 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "speech_long": write_speech(folder / "long.wav", seconds=3.0),
         "corrupt": corrupt,
         "notes": notes,
+        "huge": huge,
+        "cut": cut,
     }
 
 
@@ -204,15 +211,23 @@ BAD_INPUTS = {
     "empty message": ((), None, "   ", r"Empty message"),
     "corrupt image": (("corrupt",), None, "x", r"Could not read the image broken\.png: corrupt or unsupported"),
     "image in the speech box": ((), "image", "x", r"The speech box takes audio, not shapes\.png"),
+    "image above the pixel limit": (("huge",), None, "x", r"Could not read the image huge\.png: image too large: .* "
+                                    r"12000x12000 \(144,000,000 pixels\); the limit is 67,108,864 pixels"),
+    "truncated recording": ((), "cut", "x", r"Could not read the audio cut\.wav: truncated WAV audio"),
 }
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
-def test_bad_input_shows_an_error_and_the_app_keeps_working(app_url, tiny_model, media, case):
+def test_bad_input_shows_an_error_and_the_app_keeps_working(app_url, app_folder, tiny_model, media, case):
     files, recording, text, message = BAD_INPUTS[case]
     client = Client(app_url, verbose=False)
+    log_before = (app_folder / "app.log").read_text()
     with pytest.raises(AppError, match=message):
         send(client, text, tuple(media[f] for f in files), media[recording] if recording else None)
+    # The app's log gets one line about the user's mistake, not a traceback.
+    logged = (app_folder / "app.log").read_text()[len(log_before) :]
+    assert "Traceback" not in logged
+    assert logged.count("refused a request: ") == 1
     history, _ = send(client, "Is it working now?")
     # The refused turn never entered the conversation.
     assert [m["role"] for m in history][:1] == ["user"] and len(history) <= 2

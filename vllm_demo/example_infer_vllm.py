@@ -1,10 +1,10 @@
 """Offline generation with vLLM: text, an image, a spoken clip, and image + audio, each alone and then all four in one
-batch, with the seed's settings (greedy, repetition penalty 1.2, stop on `<|turn_end|>` or `<|eos|>`).
+batch, with the authors' settings (greedy, repetition penalty 1.2, stop on `<|turn_end|>` or `<|eos|>`).
 
     python vllm_demo/example_infer_vllm.py [--model_path DIR] [--dtype auto|float32|bfloat16] [--max_tokens N]
 
 Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
-path of the real model, but its weights are random, so its replies are noise.
+path of the real model, but its weights are random, so its replies are random words.
 """
 
 import argparse
@@ -55,7 +55,7 @@ def main() -> None:
     model_path = model_path_or_tiny(args.model_path)
 
     from megrezo.processing_megrezo import MegrezOProcessor
-    from vllm_demo.chat_requests import seed_sampling_params, to_vllm_request
+    from vllm_demo.chat_requests import authors_sampling_params, to_vllm_request
     from vllm_demo.offline import load_llm
 
     processor = MegrezOProcessor.from_pretrained(model_path, trust_remote_code=True)
@@ -63,7 +63,7 @@ def main() -> None:
     llm = load_llm(
         model_path, dtype=dtype, max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization
     )
-    params = seed_sampling_params(processor, max_tokens=args.max_tokens)
+    params = authors_sampling_params(processor, max_tokens=args.max_tokens)
     requests = {name: to_vllm_request(processor, messages) for name, messages in EXAMPLES.items()}
 
     alone = {}

@@ -55,6 +55,19 @@ def image_grid_tensor(grid: tuple[int, int] | None) -> torch.Tensor:
     return torch.tensor(grid if grid is not None else (0, 0), dtype=torch.long)
 
 
+class MegrezODataParser(MultiModalDataParser):
+    """vLLM's parser, except that a media item without data is refused by name. vLLM reads an empty item (an
+    `input_audio` with empty `data`, say) as a reference to media cached under a uuid and answers a request without
+    one with a message about uuids; the served command turns that cache off, so an empty item is always a mistake."""
+
+    def parse_mm_data(self, mm_data: MultiModalDataDict) -> MultiModalDataItems:
+        for modality, items in mm_data.items():
+            for index, item in enumerate(items if isinstance(items, list) else [items]):
+                if item is None:
+                    raise ValueError(f"{modality} {index} of the request is empty: send the {modality} data itself")
+        return super().parse_mm_data(mm_data)
+
+
 class MegrezOProcessingInfo(BaseProcessingInfo):
     """Where vLLM finds the `megrezo` processor and what Megrez-3B-Omni accepts."""
 
@@ -70,7 +83,7 @@ class MegrezOProcessingInfo(BaseProcessingInfo):
 
     def get_data_parser(self) -> MultiModalDataParser:
         """Audio arrives mono at 16 kHz, resampled with soxr as `megrezo.audio_processing` does."""
-        return MultiModalDataParser(
+        return MegrezODataParser(
             target_sr=SAMPLING_RATE,
             target_channels=1,
             audio_resample_method="soxr",
