@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from output_folder import add_out_argument
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="small", help="random checkpoint size (megrezo.tiny.MODEL_SIZES)")
     parser.add_argument("--items", type=int, default=64)
-    parser.add_argument("--out", default=os.environ.get("MEGREZO_BENCH_RESULTS", str(ROOT / "bench" / "out")),
-                        help="folder for eval_speed_<size>.json")
+    add_out_argument(parser)
     args = parser.parse_args()
 
     import tempfile
@@ -123,7 +123,7 @@ def main() -> None:
         "goal": GOAL,
         "goal_met": speedup >= GOAL,
     }
-    out = Path(args.out)
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / f"eval_speed_{args.size}.json").write_text(json.dumps(result, indent=2) + "\n")
     for name in ("vllm", "hf"):

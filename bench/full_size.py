@@ -44,6 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from output_folder import add_out_argument
 
 ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
@@ -542,7 +543,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16, help="new tokens per decode round")
     parser.add_argument("--repeats", type=int, default=2,
                         help="decode rounds at batch 1 (the best is kept; batch 8 runs one)")
-    parser.add_argument("--out", help="results folder (default: $MEGREZO_BENCH_RESULTS or bench/out)")
+    add_out_argument(parser)
     parser.add_argument("--child", choices=PARTS, help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     parser.add_argument("--child-json", help=argparse.SUPPRESS)
@@ -552,7 +553,7 @@ def main() -> None:
         Path(args.child_json).write_text(json.dumps(run_part(args.child, args)))
         return
 
-    out = Path(args.out or os.environ.get("MEGREZO_BENCH_RESULTS") or ROOT / "bench" / "out")
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
