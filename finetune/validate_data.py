@@ -13,10 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from megrezo.audio_processing import load_audio
-from megrezo.image_processing_megrezo import load_image
+from megrezo.image_processing_megrezo import ImageTooLargeError, load_image
 from megrezo.processing_megrezo import media_items, validate_conversation
 
 MEDIA_KINDS = ("image", "audio")
@@ -53,12 +51,12 @@ def resolve_media(path: object, prefix: Path, kind: str) -> Path:
 
 
 def _decode(path: Path, kind: str) -> None:
-    """Decodes the file as training will; every failure becomes a ValueError naming the file. PIL refuses an image
-    whose header promises more pixels than it allows (a decompression bomb) with its own error class."""
+    """Decodes the file as training will; every failure becomes a ValueError naming the file. An image above the
+    pixel limit keeps the loader's message, which names the file and the limit."""
     try:
         load_image(path) if kind == "image" else load_audio(path)
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"image too large: {path.name} ({error})") from error
+    except ImageTooLargeError:
+        raise
     except (ValueError, OSError) as error:
         what = "corrupt image" if kind == "image" else "undecodable audio"
         raise ValueError(f"{what}: {path.name} ({error})") from error

@@ -42,11 +42,16 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+class ImageTooLargeError(ValueError):
+    """An image above MAX_IMAGE_PIXELS: a ValueError like every bad input, with its own class so that front ends
+    can tell "too large" from "corrupt" without reading the message."""
+
+
 def check_image_size(size: Size, described_as: str) -> None:
     """Refuse images above MAX_IMAGE_PIXELS with the same message in every front end."""
     width, height = size
     if width * height > MAX_IMAGE_PIXELS:
-        raise ValueError(
+        raise ImageTooLargeError(
             f"image too large: {described_as} is {width}x{height} ({width * height:,} pixels); the limit is "
             f"{MAX_IMAGE_PIXELS:,} pixels (e.g. 8192x8192). Downscale it first: the model sees at most about "
             "2 megapixels of an image"
@@ -78,7 +83,7 @@ def open_image_checked(stream: io.IOBase | str | os.PathLike, described_as: str)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(stream)
     except Image.DecompressionBombError as error:
-        raise ValueError(
+        raise ImageTooLargeError(
             f"image too large: {described_as} ({error}); the limit is {MAX_IMAGE_PIXELS:,} pixels"
         ) from error
     except (UnidentifiedImageError, OSError) as error:

@@ -248,7 +248,9 @@ class MegrezOProcessor(ProcessorMixin):
                 raise ValueError(f"an audio dict needs 'array' (and 'sampling_rate'), got keys {sorted(audio)}")
             wave = load_audio(audio["array"], audio.get("sampling_rate"))
         elif isinstance(audio, tuple):
-            wave = load_audio(audio[0], int(audio[1]))
+            if len(audio) != 2:
+                raise ValueError(f"an audio tuple must be (array, sampling_rate), got {len(audio)} elements")
+            wave = load_audio(*audio)
         else:
             wave = load_audio(audio)
         return split_into_clips(wave)

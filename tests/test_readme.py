@@ -16,17 +16,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from server_start import wait_until_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = [ROOT / "README.md", ROOT / "README_zh.md"]
 PLACEHOLDER = "/path/to/Megrez-3B-Omni"
 FENCE = re.compile(r"^```(bash|python) (runnable|server|client)\n(.*?)^```", re.MULTILINE | re.DOTALL)
-SERVER_START_TIMEOUT_S = 300
 
 
 def marked_blocks(path: Path) -> list[tuple[str, str, str]]:
@@ -85,18 +83,7 @@ def test_readme_server_answers_the_readme_requests(tiny_checkpoint, tmp_path):
         server = subprocess.Popen(["bash", "-euo", "pipefail", "-c", code.replace(PLACEHOLDER, str(tiny_checkpoint))],
                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"the server block exited with {server.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not come up in {SERVER_START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(1)
+        wait_until_healthy(server, f"http://127.0.0.1:{port}", log_path)
         for language, _, code in CLIENTS:
             code = code.replace(PLACEHOLDER, str(tiny_checkpoint))
             result = run_block(language, code, env)

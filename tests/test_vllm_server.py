@@ -16,13 +16,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from server_start import wait_until_healthy
 from test_bad_input import png_header_only, truncated_wav
 
 from megrezo import special_tokens as tok
@@ -31,7 +31,6 @@ from vllm_demo.chat_requests import reply_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
-START_TIMEOUT_S = 300
 MODEL_NAME = "megrez-tiny"
 
 
@@ -60,18 +59,7 @@ def server(tiny_checkpoint, tmp_path_factory):
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vllm serve exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not come up in {START_TIMEOUT_S} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(1)
+        wait_until_healthy(process, base_url, log_path)
         yield base_url
     finally:
         process.terminate()
