@@ -218,10 +218,11 @@ class MegrezO(MegrezOPreTrainedModel):
         if streamer is not None and len(conversations) != 1:
             raise ValueError(f"streamer= works with one conversation, got {len(conversations)}")
         batch = processor(conversations, add_generation_prompt=True, padding_side="left")
-        positions_left = self.config.max_position_embeddings - batch["input_ids"].shape[1]
+        prompt_length = batch["input_ids"].shape[1]
+        positions_left = self.config.max_position_embeddings - prompt_length
         if positions_left < 1:
             raise ValueError(
-                f"prompt is {batch['input_ids'].shape[1]} tokens and leaves no room for a reply in the model's "
+                f"prompt is {prompt_length} tokens and leaves no room for a reply in the model's "
                 f"{self.config.max_position_embeddings} positions"
             )
 

@@ -91,12 +91,15 @@ class MegrezOMediaConnector(MediaConnector):
         except UNREACHABLE_HOST_ERRORS as error:
             raise _unreachable(url, error) from error
 
+    def _image_io(self, image_mode: str | None) -> MegrezOImageMediaIO:
+        return MegrezOImageMediaIO(**({"image_mode": image_mode} | self.media_io_kwargs.get("image", {})))
+
     def fetch_image(self, image_url: str, *, image_mode: str | None = "RGB") -> Image.Image:
-        image_io = MegrezOImageMediaIO(**({"image_mode": image_mode} | self.media_io_kwargs.get("image", {})))
+        image_io = self._image_io(image_mode)
         return self.load_from_url(image_url, image_io, fetch_timeout=envs.VLLM_IMAGE_FETCH_TIMEOUT)
 
     async def fetch_image_async(self, image_url: str, *, image_mode: str | None = "RGB") -> Image.Image:
-        image_io = MegrezOImageMediaIO(**({"image_mode": image_mode} | self.media_io_kwargs.get("image", {})))
+        image_io = self._image_io(image_mode)
         return await self.load_from_url_async(image_url, image_io, fetch_timeout=envs.VLLM_IMAGE_FETCH_TIMEOUT)
 
     def fetch_audio(self, audio_url: str) -> tuple[np.ndarray, int | float]:
