@@ -5,6 +5,7 @@ roofline, weight-only int8, vLLM's CPU backend and one LoRA step, in one run.
     python bench/full_size.py --parts hf-bf16 lora     # some parts only
     python bench/full_size.py --size small             # the same at small size, a quick check of the script
     python bench/full_size.py --out bench/results      # where the committed figures were written
+    python bench/full_size.py --device cuda            # on a GPU: the parts hf-bf16 and lora
 
 Weights are random (megrezo.tiny's `full` size: LLM 2560 wide with 32 layers and a 122,880 vocabulary, SigLIP 1152
 wide, Whisper 1280 wide; about 8 GB in bfloat16, made once under ~/.cache/megrezo) unless --model_path names a real
@@ -20,6 +21,9 @@ checkpoint. Each part runs in its own process, one after the other, so one model
   the same two requests, decode tokens/s at batch 1 and 8.
 - `lora`: one LoRA optimizer step on the LLM's attention projections of the bfloat16 model with gradient
   checkpointing, with its peak memory and the bytes of each parameter dtype (the base model stays bfloat16).
+
+With `--device cuda` the parts `hf-bf16` and `lora` run on the GPU (no CPU kernels there; memory is the GPU's peak
+allocation besides the resident set) and write full_size_cuda.json.
 
 Every decode figure sits beside the memory bandwidth measured in the same process just before and after it (the
 best of several sums over a 1 GiB bfloat16 tensor), and is reported as a fraction of the roofline
@@ -51,6 +55,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 PARTS = ("hf-bf16", "hf-int8", "vllm-bf16", "lora")
+GPU_PARTS = ("hf-bf16", "lora")
+DEVICE = "cpu"
+"""Where the model and the bandwidth probe run: --device, set once in main()."""
 TEXT_TOKENS = 128
 IMAGE_SIZE = (720, 1480)
 CLIP_SECONDS = 30
@@ -121,17 +128,27 @@ class MemoryWatch:
 
 
 def read_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
-    """Memory read bandwidth in GB/s: the best of `repeats` sums over a bfloat16 tensor of `gib` GiB."""
+    """Memory read bandwidth of DEVICE in GB/s: the best of `repeats` sums over a bfloat16 tensor of `gib` GiB."""
     import torch
 
-    data = torch.ones(int(gib * 2**30) // 2, dtype=torch.bfloat16)
+    data = torch.ones(int(gib * 2**30) // 2, dtype=torch.bfloat16, device=DEVICE)
     best = min(timed(data.sum) for _ in range(repeats))
     return data.numel() * 2 / best / 1e9
 
 
+def synchronize() -> None:
+    """Waits for the GPU's queued work, so that a clock read after it counts that work (nothing on the CPU)."""
+    if DEVICE != "cpu":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def timed(fn) -> float:
+    synchronize()
     start = time.perf_counter()
     fn()
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -241,9 +258,11 @@ def stage_hooks(model) -> tuple[dict, list]:
         started = {}
 
         def before(module, args, kwargs, started=started):
+            synchronize()
             started["t"] = time.perf_counter()
 
         def after(module, args, kwargs, output, name=name, started=started):
+            synchronize()
             if name != "llm_prefill_s" or name not in times:
                 times[name] = times.get(name, 0.0) + time.perf_counter() - started["t"]
 
@@ -265,14 +284,15 @@ def hf_request_stages(model, processor, conversation: list[dict]) -> dict:
     def to_model(value):
         if isinstance(value, dict):
             return {key: to_model(item) for key, item in value.items()}
-        if isinstance(value, torch.Tensor) and value.is_floating_point():
-            return value.to(model.dtype)
+        if isinstance(value, torch.Tensor):
+            return value.to(DEVICE, model.dtype if value.is_floating_point() else value.dtype)
         return value
 
     batch = to_model(batch)
     model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    image_encoding=batch.get("image_encoding"), audio_encoding=batch.get("audio_encoding"),
                    max_new_tokens=1, do_sample=False, pad_token_id=model.config.pad_token_id)
+    synchronize()
     first_token = time.perf_counter() - start
     for handle in handles:
         handle.remove()
@@ -291,11 +311,12 @@ def hf_generate(model):
             self.times: list[float] = []
 
         def __call__(self, input_ids, scores):
+            synchronize()
             self.times.append(time.perf_counter())
             return scores
 
     def generate(batch: int, new_tokens: int) -> float | None:
-        ids = torch.tensor(decode_prompt(model.config.vocab_size, batch))
+        ids = torch.tensor(decode_prompt(model.config.vocab_size, batch), device=DEVICE)
         clock = StepClock()
         model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                        min_new_tokens=new_tokens, do_sample=False, pad_token_id=model.config.pad_token_id,
@@ -308,7 +329,8 @@ def hf_generate(model):
 def teacher_forced_logits(model) -> "torch.Tensor":  # noqa: F821
     import torch
 
-    ids = torch.tensor(np.random.default_rng(2).integers(300, min(model.config.vocab_size, 30000), (1, LOGIT_TOKENS)))
+    ids = torch.tensor(np.random.default_rng(2).integers(300, min(model.config.vocab_size, 30000), (1, LOGIT_TOKENS)),
+                       device=DEVICE)
     with torch.inference_mode():
         return model(data={"input_ids": ids}).logits[0].float()
 
@@ -322,16 +344,18 @@ def part_hf(model_path: Path, quant: str | None, args, watch: MemoryWatch, scrat
     extra = {"quantization_config": llm_quantization_config(quant)} if quant else {}
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=torch.bfloat16, **extra)
-    model.eval()
+    model.to(DEVICE).eval()
+    synchronize()
     result = {"load_s": time.perf_counter() - start, "weight_bytes": weight_bytes(model),
               "rss_after_load_bytes": watch.current(), "peak_rss_load_bytes": watch.peak()}
     config = model.config
     generate = hf_generate(model)
-    eager_bytes = {"bytes_per_weight": 1, "bytes_per_row_scale": 4} if quant else {}
     kernel_bytes = {"bytes_per_weight": 1, "bytes_per_row_scale": 2} if quant else {}
-    eager_tokens = max(4, args.new_tokens // 4) if quant else args.new_tokens
-    result["decode_eager"] = [measure_decode(generate, config, watch, 1, eager_tokens, 1, **eager_bytes)]
-    result["cpu_kernels_s"] = timed(lambda: result.setdefault("cpu_kernels", model.use_cpu_kernels()))
+    if DEVICE == "cpu":
+        eager_bytes = {"bytes_per_weight": 1, "bytes_per_row_scale": 4} if quant else {}
+        eager_tokens = max(4, args.new_tokens // 4) if quant else args.new_tokens
+        result["decode_eager"] = [measure_decode(generate, config, watch, 1, eager_tokens, 1, **eager_bytes)]
+        result["cpu_kernels_s"] = timed(lambda: result.setdefault("cpu_kernels", model.use_cpu_kernels()))
     watch.reset()
     with torch.inference_mode():
         if not quant:
@@ -343,6 +367,9 @@ def part_hf(model_path: Path, quant: str | None, args, watch: MemoryWatch, scrat
                             for batch, repeats in ((1, args.repeats), (8, 1))]
         result["peak_rss_generate_bytes"] = watch.peak()
         result["peak_rss_anon_generate_bytes"] = watch.peak_anon()
+        if DEVICE != "cpu":
+            result["peak_gpu_allocated_bytes"] = torch.cuda.max_memory_allocated()
+            return result
         result["linear_layers_only"] = linear_layers_only(model, watch)
         logits = teacher_forced_logits(model)
     reference = scratch / "bf16_logits.pt"
@@ -401,6 +428,7 @@ def part_lora(model_path: Path, watch: MemoryWatch) -> dict:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=torch.bfloat16)
+    model.to(DEVICE)
     result = {"weight_bytes": weight_bytes(model), "rss_after_load_bytes": watch.current()}
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=r"llm\.model\.layers\.\d+\.self_attn\.(q|k|v|o)_proj")
@@ -409,16 +437,20 @@ def part_lora(model_path: Path, watch: MemoryWatch) -> dict:
     processor = model.chat_processor()
     conversation = [{"role": "user", "content": seed_text(processor.tokenizer, 48)},
                     {"role": "assistant", "content": seed_text(processor.tokenizer, 16, seed=3)}]
-    batch = processor([conversation], add_generation_prompt=False)
+    batch = {key: value.to(DEVICE) for key, value in processor([conversation], add_generation_prompt=False).items()
+             if key in ("input_ids", "attention_mask")}
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-4)
     watch.reset()
+    if DEVICE != "cpu":
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     loss = model(data={"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]},
                  labels=batch["input_ids"]).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad()
+    synchronize()
     by_dtype: dict[str, int] = {}
     for parameter in model.parameters():
         key = str(parameter.dtype).removeprefix("torch.")
@@ -426,6 +458,8 @@ def part_lora(model_path: Path, watch: MemoryWatch) -> dict:
     result.update(step_s=time.perf_counter() - start, loss=float(loss), tokens=int(batch["input_ids"].shape[1]),
                   trainable_params=sum(p.numel() for p in trainable), parameter_bytes_by_dtype=by_dtype,
                   peak_rss_step_bytes=watch.peak())
+    if DEVICE != "cpu":
+        result["peak_gpu_allocated_bytes"] = torch.cuda.max_memory_allocated()
     return result
 
 
@@ -450,7 +484,8 @@ def run_part(part: str, args) -> dict:
             result = part_lora(model_path, watch)
     finally:
         watch.stop()
-    return {"part": part, "threads": torch.get_num_threads(), **result}
+    device = torch.cuda.get_device_name() if DEVICE != "cpu" else f"cpu x{torch.get_num_threads()}"
+    return {"part": part, "threads": torch.get_num_threads(), "device": device, **result}
 
 
 def summary(results: dict) -> dict:
@@ -474,6 +509,8 @@ def summary(results: dict) -> dict:
     if "hf-bf16" in results:
         hf = results["hf-bf16"]
         out["peak_rss_over_weights"] = hf["peak_rss_generate_bytes"] / hf["weight_bytes"]
+        if "peak_gpu_allocated_bytes" in hf:
+            out["peak_gpu_allocated_over_weights"] = hf["peak_gpu_allocated_bytes"] / hf["weight_bytes"]
         if "peak_rss_anon_generate_bytes" in hf:
             out["peak_anonymous_rss_over_weights"] = hf["peak_rss_anon_generate_bytes"] / hf["weight_bytes"]
     if "logits_vs_bf16" in results.get("hf-int8", {}):
@@ -486,10 +523,13 @@ def decode_rows(results: dict) -> list[tuple[str, dict]]:
     labels = {("hf-bf16", "decode_eager"): "HF bf16, nn.Linear", ("hf-bf16", "decode"): "HF bf16, CPU kernels",
               ("hf-int8", "decode_eager"): "HF int8, torchao eager", ("hf-int8", "decode"): "HF int8, CPU kernel",
               ("vllm-bf16", "decode"): "vLLM bf16"}
-    return [(labels[(part, key)], row) for (part, key) in labels for row in results.get(part, {}).get(key, [])]
+    on_gpu = {part for part, result in results.items() if not result.get("device", "cpu").startswith("cpu")}
+    return [(labels[(part, key)].replace(", CPU kernels", f" on {results[part]['device']}") if part in on_gpu
+             else labels[(part, key)], row)
+            for (part, key) in labels for row in results.get(part, {}).get(key, [])]
 
 
-def draw_chart(results: dict, out: Path, size: str) -> None:
+def draw_chart(results: dict, out: Path, size: str, device: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -508,7 +548,7 @@ def draw_chart(results: dict, out: Path, size: str) -> None:
     axis.set_xticks(range(len(rows)), labels, fontsize=7)
     axis.set_ylabel("decode speed / memory roofline")
     axis.set_ylim(0, max(values + [1.0]) * 1.25)
-    axis.set_title(f"Decode at {size} size on {os.cpu_count()} CPU cores: fraction of bandwidth / bytes per step")
+    axis.set_title(f"Decode at {size} size on {device}: fraction of bandwidth / bytes per step")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -536,10 +576,12 @@ def print_tables(report: dict) -> None:
 
 
 def main() -> None:
+    global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="full", help="a megrezo.tiny size (default: full)")
     parser.add_argument("--model_path", help="a real checkpoint instead of random weights")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--parts", nargs="+", choices=PARTS, help="default: every part the device runs")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: the parts hf-bf16 and lora")
     parser.add_argument("--new-tokens", type=int, default=16, help="new tokens per decode round")
     parser.add_argument("--repeats", type=int, default=2,
                         help="decode rounds at batch 1 (the best is kept; batch 8 runs one)")
@@ -548,6 +590,11 @@ def main() -> None:
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     parser.add_argument("--child-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    DEVICE = args.device
+    on_gpu = DEVICE != "cpu"
+    args.parts = args.parts or list(GPU_PARTS if on_gpu else PARTS)
+    if on_gpu and set(args.parts) - set(GPU_PARTS):
+        parser.error(f"on {DEVICE} only the parts {', '.join(GPU_PARTS)} run (the others are the CPU's)")
 
     if args.child:
         Path(args.child_json).write_text(json.dumps(run_part(args.child, args)))
@@ -561,7 +608,7 @@ def main() -> None:
             child_json = Path(scratch) / f"{part}.json"
             command = [sys.executable, str(Path(__file__).resolve()), "--child", part, "--size", args.size,
                        "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
-                       "--scratch", scratch, "--child-json", str(child_json)]
+                       "--device", DEVICE, "--scratch", scratch, "--child-json", str(child_json)]
             if args.model_path:
                 command += ["--model_path", args.model_path]
             print(f"== {part}", flush=True)
@@ -575,7 +622,7 @@ def main() -> None:
             results[part]["wall_s"] = time.perf_counter() - started
             results[part]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     size = args.size if not args.model_path else "checkpoint"
-    name = "full_size" if size == "full" else f"full_size_{size}"
+    name = "full_size" + ("" if size == "full" else f"_{size}") + ("_cuda" if on_gpu else "")
     earlier = json.loads((out / f"{name}.json").read_text())["parts"] if (out / f"{name}.json").exists() else {}
     results = {**{part: result for part, result in earlier.items() if "error" not in result}, **results}
     done = {part: result for part, result in results.items() if "error" not in result}
@@ -584,10 +631,12 @@ def main() -> None:
     report = {"size": size, "machine": {
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
-        "torch": torch.__version__}, "goals": GOALS, "summary": summary(done), "parts": results}
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(DEVICE) if on_gpu else f"{os.cpu_count()} CPU cores"},
+        "goals": GOALS, "summary": summary(done), "parts": results}
     (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     if any(decode_rows(done)):
-        draw_chart(done, out / f"{name}.png", report["size"])
+        draw_chart(done, out / f"{name}.png", report["size"], report["machine"]["device"])
     report["parts"] = done
     print_tables(report)
     print(f"\nwritten: {out / (name + '.json')}")

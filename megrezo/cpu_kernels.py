@@ -7,6 +7,11 @@ layout goes faster, and a weight-only int8 weight read by `torch._weight_int8pac
 values in registers instead of building a bfloat16 copy of the matrix, as torchao's eager int8 path does) moves
 half the bytes. `use_cpu_kernels` swaps the LLM's linear layers for those two kernels in place.
 
+transformers memory-maps the checkpoint file on the CPU, and the mapping lives as long as any tensor points into it.
+Once the linear weights are reordered or quantized copies, the file pages they were read from would stay resident
+beside the copies (about doubling the resident memory of a model in bfloat16), so `copy_off_checkpoint_file` gives
+the remaining tensors memory of their own and lets the mapping go.
+
 The swapped model is for inference: its weights are no longer ordinary tensors, so reload the checkpoint to train,
 move it to another device or save it.
 """
@@ -91,3 +96,12 @@ def use_cpu_kernels(llm: nn.Module) -> dict[str, int]:
         setattr(llm.get_submodule(parent_name) if parent_name else llm, child, replacement)
         counts[kind] += 1
     return counts
+
+
+def copy_off_checkpoint_file(model: nn.Module) -> None:
+    """Gives every CPU parameter and buffer of `model` memory of its own, so that no tensor keeps the memory-mapped
+    checkpoint file alive. Tied parameters stay tied (the `Parameter` objects are kept, only their data moves)."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu":
+                tensor.data = tensor.data.clone()

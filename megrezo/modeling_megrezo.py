@@ -18,7 +18,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .audio import AudioEncoder, AudioTower, whisper_sinusoids
 from .batch_format import MegrezOBatch, validate_audio_encoding, validate_image_encoding
 from .configuration_megrezo import MegrezOConfig
-from .cpu_kernels import use_cpu_kernels
+from .cpu_kernels import copy_off_checkpoint_file, use_cpu_kernels
 from .processing_megrezo import MegrezOProcessor
 from .resampler import Resampler
 from .special_tokens import EOS, PAD, TURN_END
@@ -155,8 +155,11 @@ class MegrezO(MegrezOPreTrainedModel):
     def use_cpu_kernels(self) -> dict[str, int]:
         """Switches the LLM's bfloat16 and torchao int8 linear layers to torch's native CPU kernels (cpu_kernels.py),
         which decode faster on x86 CPUs. Inference only: reload the checkpoint to train, move or save the model.
-        Returns how many layers of each kind were switched (float32 layers stay as they are)."""
-        return use_cpu_kernels(self.llm)
+        Returns how many layers of each kind were switched (float32 layers stay as they are). The other weights
+        then get memory of their own, so that the memory-mapped checkpoint file is released."""
+        counts = use_cpu_kernels(self.llm)
+        copy_off_checkpoint_file(self)
+        return counts
 
     _chat_processor_lock = threading.Lock()
 

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from megrezo.loading import load_chat_model
 from megrezo.quantization import llm_quantization_config
+from megrezo.tiny import cached_tiny_checkpoint
 
 pytest.importorskip("torchao")
 
@@ -75,6 +76,24 @@ def test_cpu_kernels_keep_bf16_logits(tiny_checkpoint, bf16_reference):
     assert count_layers(model.vision, "PackedBf16Linear") == count_layers(model.audio, "PackedBf16Linear") == 0
     torch.testing.assert_close(teacher_forced_logits(model), bf16_reference, rtol=0.02, atol=0.02)
     assert len(model.chat(MESSAGES, max_new_tokens=4, return_tokens=True)) > 0
+
+
+def mapped_files() -> set[str]:
+    return {line.split(maxsplit=5)[-1].strip() for line in Path("/proc/self/maps").read_text().splitlines()
+            if len(line.split()) == 6}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_cpu_kernels_release_the_memory_mapped_checkpoint():
+    """A bfloat16 checkpoint loaded in bfloat16 is memory-mapped; once the layers are reordered copies, the model
+    must not keep the file mapped (its pages would count twice in the resident memory)."""
+    weights = str(cached_tiny_checkpoint(dtype=torch.bfloat16) / "model.safetensors")
+    model = AutoModelForCausalLM.from_pretrained(Path(weights).parent, trust_remote_code=True, dtype=torch.bfloat16)
+    assert weights in mapped_files()
+    reference = teacher_forced_logits(model.eval())
+    model.use_cpu_kernels()
+    assert weights not in mapped_files()
+    torch.testing.assert_close(teacher_forced_logits(model), reference, rtol=0.02, atol=0.02)
 
 
 def test_float32_layers_are_left_alone(tiny_model):
