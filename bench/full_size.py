@@ -16,7 +16,9 @@ checkpoint. Each part runs in its own process, one after the other, so one model
   encoder, LLM prefill) and to the first token; decode tokens/s at batch 1 and 8 with plain `nn.Linear` and then
   with `model.use_cpu_kernels()`; teacher-forced logits of 256 tokens, kept for the int8 part to compare.
 - `hf-int8`: the LLM quantized at load (`--quant int8`): decode with torchao's eager layers and with the CPU kernels,
-  and the logits' distance from bfloat16 on the same 256 tokens (relative L2 and top-1 agreement).
+  and the logits' distance from bfloat16 on the same 256 tokens (relative L2 and top-1 agreement); then the
+  bfloat16 model is loaded beside it and both decode at batch 1 in alternating rounds: the speedup the summary
+  reports.
 - `vllm-bf16`: vLLM's CPU backend in bfloat16: load time, memory of the engine's processes, first-token latency of
   the same two requests, decode tokens/s at batch 1 and 8.
 - `lora`: one LoRA optimizer step on the LLM's attention projections of the bfloat16 model with gradient
@@ -380,7 +382,29 @@ def part_hf(model_path: Path, quant: str | None, args, watch: MemoryWatch, scrat
         result["logits_vs_bf16"] = {"tokens": LOGIT_TOKENS,
                                     "relative_l2": float((logits - bf16).norm() / bf16.norm()),
                                     "top1_agreement": float((logits.argmax(-1) == bf16.argmax(-1)).float().mean())}
+    if quant:
+        result["beside_bf16"] = decode_beside_bf16(model, model_path, args)
     return result
+
+
+def decode_beside_bf16(quantized, model_path: Path, args) -> dict:
+    """Batch-1 decode of the quantized model and of the bfloat16 one (both with the CPU kernels), loaded side by side
+    in this process and timed in alternating rounds, so that both meet the same memory bandwidth: this machine's
+    bandwidth drifts by tens of percent between minutes, which makes a ratio of figures from two processes unreliable."""
+    import torch
+
+    from megrezo.loading import load_chat_model
+
+    bf16 = load_chat_model(model_path, "cpu", torch.bfloat16)
+    generators = {"quantized": hf_generate(quantized), "bf16": hf_generate(bf16)}
+    rates: dict[str, list[float]] = {name: [] for name in generators}
+    with torch.inference_mode():
+        for _ in range(args.repeats + 1):
+            for name, generate in generators.items():
+                rates[name].append((args.new_tokens - 1) / generate(1, args.new_tokens))
+    best = {name: max(values) for name, values in rates.items()}
+    return {"new_tokens": args.new_tokens, "rounds_tokens_per_s": rates, "quantized_tokens_per_s": best["quantized"],
+            "bf16_tokens_per_s": best["bf16"], "speedup": best["quantized"] / best["bf16"]}
 
 
 def part_vllm(model_path: Path, args, watch: MemoryWatch) -> dict:
@@ -502,8 +526,10 @@ def summary(results: dict) -> dict:
         out["bf16_roofline_fraction"] = best
     bf16, int8 = decode.get(("hf-bf16", "decode", 1)), decode.get(("hf-int8", "decode", 1))
     bf16_eager = decode.get(("hf-bf16", "decode_eager", 1))
+    if "beside_bf16" in results.get("hf-int8", {}):
+        out["int8_speedup_over_bf16"] = results["hf-int8"]["beside_bf16"]["speedup"]
     if bf16 and int8:
-        out["int8_speedup_over_bf16"] = int8["tokens_per_s"] / bf16["tokens_per_s"]
+        out["int8_speedup_over_bf16_separate_processes"] = int8["tokens_per_s"] / bf16["tokens_per_s"]
     if bf16_eager and int8:
         out["int8_speedup_over_bf16_nn_linear"] = int8["tokens_per_s"] / bf16_eager["tokens_per_s"]
     if "hf-bf16" in results:
@@ -572,6 +598,10 @@ def print_tables(report: dict) -> None:
     for part in ("hf-bf16", "vllm-bf16"):
         for name, stages in report["parts"].get(part, {}).get("requests", {}).items():
             print(f"{part} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+    beside = report["parts"].get("hf-int8", {}).get("beside_bf16")
+    if beside:
+        print(f"int8 beside bf16 in one process, batch 1: {beside['quantized_tokens_per_s']:.2f} against "
+              f"{beside['bf16_tokens_per_s']:.2f} tokens/s ({beside['speedup']:.2f}x)")
     print("\nsummary:", json.dumps(report["summary"], indent=1))
 
 
