@@ -223,7 +223,9 @@ def measure_decode(generate, config, watch: MemoryWatch, batch: int, new_tokens:
 
 def linear_layers_only(model, watch: MemoryWatch, repeats: int = 3) -> dict:
     """Every linear layer of the LLM called once on one input row, in order, with nothing else: the part of a
-    decode step that the matrix kernels take, as GB/s of the weights they read, beside a bandwidth probe."""
+    decode step that the matrix kernels take, as GB/s of the weights they read, beside a bandwidth probe. Timed
+    with all threads and with one: a kernel held back by memory gains little from a second thread, one held back by
+    its arithmetic nearly doubles."""
     import torch
 
     from megrezo.decode_bytes import decode_step_bytes
@@ -231,15 +233,22 @@ def linear_layers_only(model, watch: MemoryWatch, repeats: int = 3) -> dict:
     layers = [m for name, m in model.llm.named_modules() if name and not list(m.children())
               and hasattr(m, "in_features")]
     rows = {m.in_features: torch.randn(1, m.in_features, dtype=torch.bfloat16) for m in layers}
+    threads = torch.get_num_threads()
+    seconds = {}
     with torch.inference_mode():
-        best = min(timed(lambda: [m(rows[m.in_features]) for m in layers]) for _ in range(repeats))
+        for count in sorted({1, threads}, reverse=True):
+            torch.set_num_threads(count)
+            seconds[count] = min(timed(lambda: [m(rows[m.in_features]) for m in layers]) for _ in range(repeats))
+    torch.set_num_threads(threads)
     with watch.excluded():
         bandwidth = read_bandwidth()
     quantized = type(layers[0]).__name__ == "Int8WeightLinear"
     sizes = {"bytes_per_weight": 1, "bytes_per_row_scale": 2} if quantized else {}
     weights = decode_step_bytes(model.config, **sizes).weight_bytes
+    best = seconds[threads]
     return {"layers": len(layers), "seconds": best, "gb_s": weights / best / 1e9, "bandwidth_gb_s": bandwidth,
-            "fraction_of_bandwidth": weights / best / 1e9 / bandwidth}
+            "fraction_of_bandwidth": weights / best / 1e9 / bandwidth,
+            "gb_s_one_thread": weights / seconds[1] / 1e9, "speedup_all_threads_over_one": seconds[1] / best}
 
 
 def weight_bytes(model) -> int:

@@ -1,5 +1,6 @@
-"""The HF backend: the checkpoint loaded with transformers (`trust_remote_code`), replies from `model.chat` in
-batches of `batch_size` conversations (left-padded, greedy)."""
+"""The HF backend: the checkpoint loaded as the chat scripts load it (`megrezo.loading`: transformers with
+`trust_remote_code`, the native kernels on a CPU), replies from `model.chat` in batches of `batch_size` conversations
+(left-padded, greedy)."""
 
 from collections.abc import Iterator
 
@@ -13,11 +14,9 @@ class HFBackend:
 
     def __init__(self, model_path: str, settings: GenerationSettings, batch_size: int = 8, dtype: str = "auto",
                  device: str = "cpu"):
-        from transformers import AutoModelForCausalLM
+        from megrezo.loading import load_chat_model
 
-        torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=torch_dtype)
-        self.model = self.model.to(device).eval()
+        self.model = load_chat_model(model_path, device, dtype if dtype == "auto" else getattr(torch, dtype))
         self.settings = settings
         self.batch_size = batch_size
 
