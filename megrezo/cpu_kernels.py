@@ -3,9 +3,11 @@
 Decoding one token reads every weight of the language model once, so its speed is set by how close each matrix-
 vector product comes to the memory bandwidth. On x86 CPUs, `torch.nn.functional.linear` on a bfloat16 weight
 reaches about half of it for one row of input; the same oneDNN kernel on a weight reordered once into its blocked
-layout goes faster, and a weight-only int8 weight read by `torch._weight_int8pack_mm` (which multiplies the int8
+layout comes close to it. A weight-only int8 weight read by `torch._weight_int8pack_mm` (which converts the int8
 values in registers instead of building a bfloat16 copy of the matrix, as torchao's eager int8 path does) moves
-half the bytes. `use_cpu_kernels` swaps the LLM's linear layers for those two kernels in place.
+half the bytes, but converting costs arithmetic: it pays where the cores convert faster than the memory delivers
+bfloat16 (on two cores it does not, see bench/README.md). `use_cpu_kernels` swaps the LLM's linear layers for those
+two kernels in place.
 
 transformers memory-maps the checkpoint file on the CPU, and the mapping lives as long as any tensor points into it.
 Once the linear weights are reordered or quantized copies, the file pages they were read from would stay resident
