@@ -11,9 +11,9 @@ from .quantization import llm_quantization_config
 def load_chat_model(model_path: str | Path, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
                     quant: str | None = None):
     """`AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True)` in `dtype` ("auto": the
-    checkpoint's own), with the LLM
-    quantized when `quant` names one of `quantization.QUANTIZATIONS` (a checkpoint saved quantized loads quantized
-    with `quant=None`). On the CPU, bfloat16 and int8 LLM layers then switch to `model.use_cpu_kernels()`."""
+    checkpoint's own), with the LLM quantized when `quant` names one of `quantization.QUANTIZATIONS` (a checkpoint
+    saved quantized loads quantized with `quant=None`). On the CPU, bfloat16 and int8 LLM layers then switch to
+    `model.use_cpu_kernels()`."""
     from transformers import AutoModelForCausalLM
 
     extra = {"quantization_config": llm_quantization_config(quant)} if quant else {}
