@@ -41,7 +41,7 @@ import torch  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from megrezo.audio_processing import load_audio  # noqa: E402
-from megrezo.image_processing_megrezo import load_image  # noqa: E402
+from megrezo.image_processing_megrezo import decode_image  # noqa: E402
 from megrezo.loading import load_chat_model  # noqa: E402
 from megrezo.quantization import QUANTIZATIONS  # noqa: E402
 
@@ -93,7 +93,7 @@ def check_readable(path: str, kind: Literal["image", "audio"]) -> None:
     """Decode the file once now, so a corrupt upload is refused before it enters the conversation. A JPEG is decoded
     at its smallest scale here: that reads every byte of it, and the model decodes it properly later."""
     try:
-        load_image(path, draft=lambda size: (1, 1)) if kind == "image" else load_audio(path)
+        decode_image(path, draft=lambda size: (1, 1)) if kind == "image" else load_audio(path)
     except (ValueError, FileNotFoundError) as error:
         # The upload folder's path means nothing to the user; the file name does.
         reason = str(error).replace(str(path), Path(path).name)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megrezo.audio_processing import load_audio
+from megrezo.conversation import media_items, validate_conversation
 from megrezo.image_processing_megrezo import ImageTooLargeError, load_image
-from megrezo.processing_megrezo import media_items, validate_conversation
 
 MEDIA_KINDS = ("image", "audio")
 

@@ -29,7 +29,7 @@ TURN_ORDER_CHECK = (
     "(add_generation_prompt=True); end it with a user turn') -}}"
     "{%- endif -%}"
 )
-"""The turn-order rule of `processing_megrezo.validate_conversation`, word for word, for front ends that render the
+"""The turn-order rule of `conversation.validate_conversation`, word for word, for front ends that render the
 template without calling it (vLLM's OpenAI server): an assistant turn never comes first or twice in a row, and a
 reply is only asked for after a user turn."""
 

@@ -25,6 +25,8 @@ from .batch_format import ImageEncoding
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray | bytes | bytearray
 Size = tuple[int, int]
+DraftTarget = Callable[[Size], Size]
+"""Maps an image's full size to the largest size its slicing resizes to, so a decoder may stop above that."""
 
 RESAMPLE = Image.Resampling.BICUBIC
 MAX_IMAGE_PIXELS = 8192 * 8192
@@ -58,18 +60,28 @@ def check_image_size(size: Size, described_as: str) -> None:
         )
 
 
+@dataclass
+class DecodedImage:
+    """A decoded RGB image and the size of the encoded image it came from: a JPEG decoded at a reduced scale (see
+    DRAFT_MARGIN) is smaller than `full_size`, and the slicing rules follow `full_size`."""
+
+    image: Image.Image
+    full_size: Size
+
+
 def _decode(
-    stream: io.IOBase | str | os.PathLike, described_as: str, draft: "DraftTarget | None" = None
-) -> Image.Image:
+    stream: io.IOBase | str | os.PathLike, described_as: str, draft: DraftTarget | None = None
+) -> DecodedImage:
     """Check the size from the header, then decode fully inside the `try`, since PIL opens lazily and a truncated
     file only fails on `load()`. `draft` lets a large JPEG decode at a reduced scale (see DRAFT_MARGIN)."""
     with open_image_checked(stream, described_as) as image:
+        full_size = image.size
         try:
             if draft is not None and image.format == "JPEG":
-                width, height = draft(image.size)
+                width, height = draft(full_size)
                 image.draft("RGB", (width * DRAFT_MARGIN, height * DRAFT_MARGIN))
             image.load()
-            return image.convert("RGB")
+            return DecodedImage(image.convert("RGB"), full_size)
         except OSError as error:
             raise ValueError(f"corrupt or unsupported image: {described_as} ({error})") from error
 
@@ -96,7 +108,7 @@ def open_image_checked(stream: io.IOBase | str | os.PathLike, described_as: str)
     return image
 
 
-def _load_path(path: Path, draft: "DraftTarget | None") -> Image.Image:
+def _load_path(path: Path, draft: DraftTarget | None) -> DecodedImage:
     """Check the path first so that a typo reads as a missing file, not as an undecodable one."""
     if not path.exists():
         raise FileNotFoundError(f"image file not found: {path}")
@@ -114,28 +126,30 @@ def _from_array(array: np.ndarray) -> Image.Image:
     raise ValueError(f"unsupported image array shape {array.shape}: expected HxWx3 RGB or HxW grayscale")
 
 
-DraftTarget = Callable[[Size], Size]
-"""Maps an image's full size to the largest size its slicing resizes to, so a decoder may stop above that."""
-
-
-def load_image(source: ImageSource, draft: DraftTarget | None = None) -> Image.Image:
+def decode_image(source: ImageSource, draft: DraftTarget | None = None) -> DecodedImage:
     """One entry point for every way a caller may hand over an image, so that errors name the path and the problem.
-    Images above MAX_IMAGE_PIXELS are refused. With `draft`, an encoded JPEG may come back smaller than its full
-    size (never below DRAFT_MARGIN times `draft(full size)`)."""
+    Images above MAX_IMAGE_PIXELS are refused. With `draft`, an encoded JPEG may be decoded smaller than its full
+    size (never below DRAFT_MARGIN times `draft(full size)`); the result says both sizes."""
     if isinstance(source, Image.Image):
         check_image_size(source.size, f"the {source.width}x{source.height} image")
-        return _to_rgb(source)
+        return DecodedImage(_to_rgb(source), source.size)
     if isinstance(source, str | os.PathLike):
         return _load_path(Path(source), draft)
     if isinstance(source, np.ndarray):
         if source.ndim >= 2:
             check_image_size((source.shape[1], source.shape[0]), f"the image array of shape {source.shape}")
-        return _from_array(source)
+        image = _from_array(source)
+        return DecodedImage(image, image.size)
     if isinstance(source, bytes | bytearray):
         return _decode(io.BytesIO(source), f"<{len(source)} bytes>", draft)
     raise ValueError(
         f"unsupported image input type {type(source).__name__}: expected a path, PIL image, numpy array or bytes"
     )
+
+
+def load_image(source: ImageSource) -> Image.Image:
+    """The image at full size as RGB (see `decode_image` for the accepted sources and the errors)."""
+    return decode_image(source).image
 
 
 def ensure_divide(length: float, patch_size: int) -> int:
@@ -318,15 +332,13 @@ class MegrezOImageProcessor(BaseImageProcessor):
             "max_slice_nums": max_slice_nums if slice_mode else 1,
             "patch_size": self.patch_size,
         }
-        full_size: list[Size] = []
 
         def largest_target(size: Size) -> Size:
-            full_size.append(size)
             source_size, refined_size, _ = slicing_targets(size, **settings)
             return refined_size or source_size
 
-        decoded = load_image(image, draft=largest_target)
-        source, tiles, grid = slice_image(decoded, **settings, full_size=full_size[0] if full_size else None)
+        decoded = decode_image(image, draft=largest_target)
+        source, tiles, grid = slice_image(decoded.image, **settings, full_size=decoded.full_size)
         laid_out = [image_to_patch_strip(part, self.patch_size) for part in [source, *tiles]]
         return ProcessedImage(
             strips=[strip for strip, _ in laid_out], tgt_sizes=[size for _, size in laid_out], grid=grid

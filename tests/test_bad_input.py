@@ -21,8 +21,8 @@ from PIL import Image
 
 from megrezo import special_tokens as tok
 from megrezo.audio_processing import load_audio
-from megrezo.image_processing_megrezo import MAX_IMAGE_PIXELS, MegrezOImageProcessor, load_image
-from megrezo.processing_megrezo import validate_conversation
+from megrezo.conversation import validate_conversation
+from megrezo.image_processing_megrezo import MAX_IMAGE_PIXELS, MegrezOImageProcessor, decode_image, load_image
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
@@ -95,9 +95,9 @@ def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_slices(tmp_path):
     processor = MegrezOImageProcessor()
 
     sizes = []
-    decoded = load_image(path, draft=lambda size: sizes.append(size) or (1400, 1050))
+    decoded = decode_image(path, draft=lambda size: sizes.append(size) or (1400, 1050))
     assert sizes == [(6000, 4500)]
-    assert decoded.size == (3000, 2250)
+    assert decoded.image.size == (3000, 2250) and decoded.full_size == (6000, 4500)
 
     with Image.open(path) as full:
         full.load()

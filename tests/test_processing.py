@@ -6,7 +6,11 @@ Slicing and span arithmetic themselves are tested at the function level in test_
 test_audio_processing.py; here the outcome is checked where it lands, in input_ids and bounds.
 """
 
+import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +19,11 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, WhisperFeatureExtractor
 
+import megrezo.processing_megrezo
 from megrezo.batch_format import validate_audio_encoding, validate_image_encoding
 from megrezo.chat_template import DEFAULT_SYSTEM_PROMPT
-from megrezo.processing_megrezo import MegrezOProcessor, template_view
+from megrezo.conversation import template_view
+from megrezo.processing_megrezo import MegrezOProcessor
 
 QUERY = 64
 RATE = 16000
@@ -273,6 +279,41 @@ def test_auto_processor_loads_the_saved_remote_code_and_round_trips(tiny_checkpo
         assert torch.equal(sample["input_ids"], reference["input_ids"])
         assert torch.equal(sample["image_encoding"]["image_bounds"], reference["image_encoding"]["image_bounds"])
         assert torch.equal(sample["audio_encoding"]["input_audios"], reference["audio_encoding"]["input_audios"])
+
+
+FRESH_PROCESS = """
+import sys
+sys.modules["megrezo"] = None  # the repository's package must not be importable here
+from transformers import AutoProcessor
+processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+sample = processor.process_multimodal_inputs(
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+    add_generation_prompt=False, with_labels=True,
+)
+print(sample["input_ids"].tolist(), sample["labels"].tolist())
+"""
+
+
+def test_checkpoint_carries_every_processor_module_and_loads_without_the_repository(tiny_checkpoint, processor,
+                                                                                    tmp_path):
+    """Each processing step lives in a file of its own; the checkpoint folder carries all of them, so a process that
+    cannot import this repository still loads the processor and gets the same sample."""
+    package = Path(megrezo.processing_megrezo.__file__).parent
+    relative_imports = re.findall(r"^from \.(\w+) import", (package / "processing_megrezo.py").read_text(), re.M)
+    assert {"conversation", "conversation_media", "prompt_layout", "training_labels", "batch_collation"} <= set(
+        relative_imports
+    )
+    for name in relative_imports:
+        assert (tiny_checkpoint / f"{name}.py").read_text() == (package / f"{name}.py").read_text(), name
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    expected = processor.process_multimodal_inputs(conversation, add_generation_prompt=False, with_labels=True)
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(tiny_checkpoint)], capture_output=True, text=True, cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == f"{expected['input_ids'].tolist()} {expected['labels'].tolist()}"
 
 
 def test_release_layout_without_processor_config_loads(tiny_checkpoint, tmp_path):

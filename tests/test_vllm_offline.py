@@ -21,7 +21,8 @@ import soundfile
 import torch
 from PIL import Image
 
-from megrezo.processing_megrezo import MegrezOProcessor, media_items
+from megrezo.conversation import media_items
+from megrezo.processing_megrezo import MegrezOProcessor
 from vllm_demo.chat_requests import authors_sampling_params, reply_tokens, to_vllm_request
 from vllm_demo.offline import load_llm
 

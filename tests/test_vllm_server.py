@@ -26,7 +26,7 @@ from server_start import wait_until_healthy
 from test_bad_input import png_header_only, truncated_wav
 
 from megrezo import special_tokens as tok
-from megrezo.processing_megrezo import validate_conversation
+from megrezo.conversation import validate_conversation
 from vllm_demo.chat_requests import reply_tokens
 
 ROOT = Path(__file__).resolve().parents[1]

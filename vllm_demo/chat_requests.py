@@ -13,8 +13,9 @@ import numpy as np
 
 from megrezo import special_tokens as tok
 from megrezo.audio_processing import SAMPLING_RATE
+from megrezo.conversation import media_items, template_view, validate_conversation
 from megrezo.image_processing_megrezo import load_image
-from megrezo.processing_megrezo import MegrezOProcessor, media_items, template_view, validate_conversation
+from megrezo.processing_megrezo import MegrezOProcessor
 
 AUTHORS_REPETITION_PENALTY = 1.2
 """The authors' demo and vLLM example decode greedily with this repetition penalty."""

@@ -32,7 +32,8 @@ from vllm.multimodal.processing.processor import ResolvedPromptUpdate
 
 from megrezo import special_tokens as tok
 from megrezo.image_processing_megrezo import ProcessedImage
-from megrezo.processing_megrezo import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, MegrezOProcessor
+from megrezo.processing_megrezo import MegrezOProcessor
+from megrezo.prompt_layout import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, image_layout
 
 SAMPLING_RATE = 16000
 DUMMY_AUDIO_SECONDS = 30
@@ -177,7 +178,7 @@ class MegrezOMultiModalProcessor(BaseMultiModalProcessor[MegrezOProcessingInfo])
             cols, rows = item["image_grid"].tolist()
             sizes = [tuple(size) for size in item["tgt_sizes"].tolist()]
             image = ProcessedImage(strips=list(item["pixel_values"]), tgt_sizes=sizes, grid=(cols, rows) if cols else None)
-            layout = processor.image_layout(item_idx, image)
+            layout = image_layout(item_idx, image)
             ids = expand_fillers(layout, processor.image_processor.image_feature_size)
             return PromptUpdateDetails.select_token_id(ids, unk_id)
 
