@@ -1,5 +1,6 @@
 """Chat with Megrez-3B-Omni through transformers: one turn with a picture, a spoken question and text, then a
-text-only follow-up that refers back to them.
+text-only follow-up that refers back to them (the picture and recording are data/sample_image.jpg and
+data/sample_audio.wav).
 
     python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--stream]
                               [--quant int8]
@@ -13,26 +14,26 @@ import sys
 import threading
 from pathlib import Path
 
-import torch
-from transformers import TextIteratorStreamer
-
-from megrezo.loading import load_chat_model
 from megrezo.quantization import QUANTIZATIONS
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 IMAGE_PATH = DATA_DIR / "sample_image.jpg"
 AUDIO_PATH = DATA_DIR / "sample_audio.wav"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model_path", help="checkpoint folder (default: the tiny random checkpoint)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on cuda, else float32")
+    parser = argparse.ArgumentParser(
+        description="Chat with Megrez-3B-Omni through transformers: a turn with a picture, a spoken question and "
+        "text, then a text-only follow-up."
+    )
+    parser.add_argument("--model_path", help="checkpoint folder (default: the tiny random checkpoint, whose replies "
+                        "are random words)")
+    parser.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 on cuda, else float32")
     parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
     parser.add_argument("--stream", action="store_true", help="print the reply while it is generated")
-    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--max_new_tokens", type=int, default=64, help="longest reply in tokens (default: 64)")
     return parser.parse_args()
 
 
@@ -42,6 +43,8 @@ def reply(model, messages: list[dict], stream: bool, max_new_tokens: int) -> str
         text = model.chat(messages, max_new_tokens=max_new_tokens)
         print(text)
         return text
+    from transformers import TextIteratorStreamer
+
     streamer = TextIteratorStreamer(model.chat_processor().tokenizer, skip_prompt=True, skip_special_tokens=True)
     result = {}
     worker = threading.Thread(
@@ -57,11 +60,15 @@ def reply(model, messages: list[dict], stream: bool, max_new_tokens: int) -> str
 
 def main() -> None:
     args = parse_args()
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    import torch
+
+    from megrezo.loading import load_chat_model
     from megrezo.tiny import model_path_or_tiny
 
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     model_path = model_path_or_tiny(args.model_path)
-    model = load_chat_model(model_path, args.device, dtype, args.quant)
+    model = load_chat_model(model_path, device, getattr(torch, dtype_name), args.quant)
 
     messages = [
         {

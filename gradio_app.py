@@ -1,6 +1,6 @@
 """Gradio chat app for Megrez-3B-Omni: text, images and speech in, streamed text out.
 
-    python gradio_app.py [--model_path PATH] [--port 7860] [--host 127.0.0.1] [--share false] [--quant int8]
+    python gradio_app.py [--model_path PATH] [--port 7860] [--host 127.0.0.1] [--share] [--quant int8]
 
 The page's events are also an API (gradio_client): `/chat` (message {"text", "files"}, recording, generation
 settings), `/regenerate` and `/clear`, each within the caller's session.
@@ -19,8 +19,13 @@ Design, and why:
   before the turn enters the history, so the conversation stays usable.
 """
 
+from __future__ import annotations
+
 import argparse
 import atexit
+import dataclasses
+import functools
+import inspect
 import logging
 import os
 import queue
@@ -28,23 +33,19 @@ import shutil
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from megrezo.quantization import QUANTIZATIONS
+
+if TYPE_CHECKING:  # gradio and torch are imported where they are used, so that --help answers at once
+    import gradio as gr
+    import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-
-import gradio as gr  # noqa: E402
-import torch  # noqa: E402
-from transformers.generation.streamers import BaseStreamer  # noqa: E402
-
-from megrezo.audio_processing import load_audio  # noqa: E402
-from megrezo.image_processing_megrezo import decode_image  # noqa: E402
-from megrezo.loading import load_chat_model  # noqa: E402
-from megrezo.quantization import QUANTIZATIONS  # noqa: E402
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus")
 """What libsndfile decodes without ffmpeg; the microphone records WAV."""
@@ -72,6 +73,8 @@ class InputError(ValueError):
 def refused(reason: str) -> gr.Error:
     """The page's error for a user's mistake, logged as one line: a bad upload is not a fault of the app, and a
     traceback per refused file would bury the app's real errors in its log."""
+    import gradio as gr
+
     logger.info("refused a request: %s", reason)
     return gr.Error(reason, print_exception=False)
 
@@ -92,6 +95,9 @@ def media_kind(path: str | Path) -> Literal["image", "audio"]:
 def check_readable(path: str, kind: Literal["image", "audio"]) -> None:
     """Decode the file once now, so a corrupt upload is refused before it enters the conversation. A JPEG is decoded
     at its smallest scale here: that reads every byte of it, and the model decodes it properly later."""
+    from megrezo.audio_processing import load_audio
+    from megrezo.image_processing_megrezo import decode_image
+
     try:
         decode_image(path, draft=lambda size: (1, 1)) if kind == "image" else load_audio(path)
     except (ValueError, FileNotFoundError) as error:
@@ -180,12 +186,33 @@ class Sampling:
         return kwargs
 
 
+def takes_sampling_controls(
+    handler: Callable[..., Iterator[Any]],
+) -> Callable[..., Iterator[Any]]:
+    """`handler(*inputs, sampling)` as a Gradio event function that takes the inputs and then one value per
+    `Sampling` field. Gradio names an event's API parameters after its function's, so the API keeps the names
+    `greedy`, `temperature`, ... `max_new_tokens` while they are written once, in `Sampling`."""
+    parameters = list(inspect.signature(handler).parameters.values())[:-1]
+    controls = [
+        inspect.Parameter(field.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=field.type)
+        for field in dataclasses.fields(Sampling)
+    ]
+
+    @functools.wraps(handler)
+    def event(*values: Any) -> Iterator[Any]:
+        yield from handler(*values[: len(parameters)], Sampling(*values[len(parameters) :]))
+
+    event.__signature__ = inspect.Signature(parameters + controls)
+    return event
+
+
 class GenerationStopped(Exception):
     """Raised inside `generate` by a stopped streamer, to end an abandoned generation at its next token."""
 
 
-class ReplyStreamer(BaseStreamer):
-    """A per-request streamer for a page that redraws the whole reply on every update.
+class ReplyStreamer:
+    """A per-request streamer for a page that redraws the whole reply on every update (`generate` calls the `put`
+    and `end` of transformers' `BaseStreamer` interface).
 
     transformers' `TextIteratorStreamer` holds text back until a space, because a terminal cannot take back what
     it printed; a page can, so this one decodes all the tokens so far at every step and the reply grows token by
@@ -270,6 +297,7 @@ class ChatEngine:
 
 def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
     """The page: chat history, multimodal textbox, audio box, stop/regenerate/clear and the sampling controls."""
+    import gradio as gr
 
     def run(
         history: list[HistoryMessage], rollback: list[HistoryMessage], sampling: Sampling
@@ -289,16 +317,9 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
             logger.exception("generation failed")
             raise gr.Error(f"Generation failed ({type(error).__name__}: {error})") from error
 
+    @takes_sampling_controls
     def submit(
-        message: dict[str, Any] | None,
-        recording: str | None,
-        history: list[HistoryMessage],
-        greedy: bool,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        repetition_penalty: float,
-        max_new_tokens: int,
+        message: dict[str, Any] | None, recording: str | None, history: list[HistoryMessage], sampling: Sampling
     ) -> Iterator[tuple[Any, ...]]:
         """Adds the user's turn (text, attached files, the audio box) and streams the reply."""
         message = message or {}
@@ -308,26 +329,20 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
             raise refused(str(error)) from error
         asked = history + [turn]
         yield asked, None, None, asked
-        sampling = Sampling(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens)
         with closing(run(asked, history, sampling)) as replies:
             for shown, state in replies:
                 yield shown, gr.skip(), gr.skip(), state
 
+    @takes_sampling_controls
     def regenerate(
-        history: list[HistoryMessage],
-        greedy: bool,
-        temperature: float,
-        top_p: float,
-        top_k: int,
-        repetition_penalty: float,
-        max_new_tokens: int,
+        history: list[HistoryMessage], sampling: Sampling
     ) -> Iterator[tuple[list[HistoryMessage], list[HistoryMessage]]]:
         """Replaces the last reply with a new one to the same user turn (with the current settings)."""
         trimmed = history[:-1] if history and history[-1]["role"] == "assistant" else history
         if not trimmed or trimmed[-1]["role"] != "user":
             raise refused("Nothing to regenerate yet: send a message first.")
         yield trimmed, trimmed
-        yield from run(trimmed, history, Sampling(greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens))
+        yield from run(trimmed, history, sampling)
 
     def clear() -> tuple[Any, ...]:
         return [], None, None, []
@@ -402,35 +417,37 @@ def private_upload_folder() -> Path:
     return folder
 
 
-def parse_bool(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     """`auto`: bfloat16 on a GPU (the release's dtype), float32 on the CPU, where bfloat16 matmuls are slow."""
+    import torch
+
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, name)
 
 
 def load_engine(model_path: str | Path, device: str, dtype: torch.dtype, quant: str | None = None) -> ChatEngine:
+    from megrezo.loading import load_chat_model
+
     model = load_chat_model(model_path, device, dtype, quant)
     return ChatEngine(model, model.chat_processor())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Gradio chat app for Megrez-3B-Omni")
+    parser = argparse.ArgumentParser(
+        description="Gradio chat app for Megrez-3B-Omni: text, images and speech in, streamed text out."
+    )
     parser.add_argument("--model_path", help="checkpoint folder (default: the tiny random test checkpoint)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--host", default="127.0.0.1", help="use 0.0.0.0 to serve other machines")
-    parser.add_argument("--share", type=parse_bool, default=False, help="true: also open a public gradio.live link")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where the model runs (default: cuda when available, else cpu)")
+    parser.add_argument("--port", type=int, default=7860, help="default: 7860")
+    parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1; use 0.0.0.0 to serve other machines")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto: bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
@@ -438,13 +455,12 @@ def main() -> None:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
 
-    notice = None
-    model_path = args.model_path
-    if model_path is None:
-        from megrezo.tiny import cached_tiny_checkpoint
+    from megrezo.tiny import model_path_or_tiny
 
-        model_path, notice = cached_tiny_checkpoint(), RANDOM_WEIGHTS_NOTICE
-    engine = load_engine(model_path, args.device, resolve_dtype(args.dtype, args.device), args.quant)
+    model_path = model_path_or_tiny(args.model_path)
+    notice = RANDOM_WEIGHTS_NOTICE if args.model_path is None else None
+    device = args.device or default_device()
+    engine = load_engine(model_path, device, resolve_dtype(args.dtype, device), args.quant)
     private_upload_folder()
     # SIGTERM ends the app like Ctrl-C does, so the upload folder is removed on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -457,7 +473,12 @@ def main() -> None:
         max_file_size=MAX_UPLOAD_SIZE,
         ssr_mode=False,
         mcp_server=False,
+        quiet=True,  # Gradio's own lines speak of `launch()` arguments; this app's flags are said below
+        prevent_thread_lock=True,
     )
+    public = f" and {demo.share_url}" if demo.share_url else " (--share also opens a public gradio.live link)"
+    print(f"Megrez-3B-Omni chat running on {demo.local_url}{public}; Ctrl-C ends it.", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

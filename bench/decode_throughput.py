@@ -6,21 +6,31 @@ ratio (goal >= 0.95): MegrezO adds only the embedding composition before handing
     python bench/decode_throughput.py --size small --new-tokens 128 --repeats 5
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import statistics
 import time
+from typing import TYPE_CHECKING
 
-import torch
 from output_folder import add_out_argument
 from tqdm import tqdm
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from megrezo.modeling_megrezo import MegrezO
 from megrezo.tiny import MODEL_SIZES, build_tokenizer, sized_config
+
+if TYPE_CHECKING:  # torch and the models load when the benchmark runs, so that --help answers at once
+    from transformers import LlamaForCausalLM
+
+    from megrezo.modeling_megrezo import MegrezO
 
 
 def build_pair(size: str) -> tuple[MegrezO, LlamaForCausalLM]:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from megrezo.modeling_megrezo import MegrezO
+
     config = sized_config(size, build_tokenizer())
     torch.manual_seed(0)
     model = MegrezO(config).eval()
@@ -40,13 +50,14 @@ def timed(fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="small")
-    parser.add_argument("--prompt-tokens", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="small", help="random weights (default: small)")
+    parser.add_argument("--prompt-tokens", type=int, default=128, help="default: 128")
+    parser.add_argument("--new-tokens", type=int, default=128, help="default: 128")
+    parser.add_argument("--batch", type=int, default=1, help="default: 1")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds; the median counts (default: 5)")
     add_out_argument(parser)
     args = parser.parse_args()
+    import torch
 
     model, plain = build_pair(args.size)
     ids = torch.randint(0, 256, (args.batch, args.prompt_tokens))
@@ -71,10 +82,12 @@ def main() -> None:
     }
     result["ratio"] = result["tokens_per_s"]["MegrezO.generate"] / result["tokens_per_s"]["LlamaForCausalLM.generate"]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "decode_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+    written = args.out / "decode_throughput.json"
+    written.write_text(json.dumps(result, indent=2) + "\n")
     for name, rate in result["tokens_per_s"].items():
         print(f"{name:28s} {rate:9.1f} tokens/s")
     print(f"{'ratio':28s} {result['ratio']:9.3f}  (goal >= 0.95)")
+    print(f"written to {written}")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ def main() -> None:
     for name in ("vllm", "hf"):
         print(f"{name:5s} {timings[name]['items_per_s']:6.2f} items/s (best of 2), load {timings[name]['load_seconds']:.1f} s")
     print(f"speedup vLLM / HF: {speedup:.2f}x (goal >= {GOAL}x); same predictions: {result['same_predictions']}")
+    print(f"written to {out / f'eval_speed_{args.size}.json'}")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,6 @@ import soundfile
 from output_folder import add_out_argument
 from PIL import Image
 
-from megrezo.audio_processing import SAMPLING_RATE, load_audio
-from megrezo.image_processing_megrezo import image_to_patch_strip, load_image, pad_slices, slice_image
-from megrezo.processing_megrezo import MegrezOProcessor
 from megrezo.tiny import cached_tiny_checkpoint
 
 
@@ -39,6 +36,8 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 def make_inputs(folder: Path) -> tuple[Path, Path]:
     """A photo-like 720x1480 JPEG (smooth gradients plus noise) and 30 s of speech-band noise as WAV."""
+    from megrezo.audio_processing import SAMPLING_RATE
+
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:1480, 0:720]
     base = np.stack([x / 720 * 255, y / 1480 * 255, (x + y) % 256], axis=-1)
@@ -51,9 +50,13 @@ def make_inputs(folder: Path) -> tuple[Path, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20, help="runs per step; the median counts (default: 20)")
     add_out_argument(parser)
     args = parser.parse_args()
+    # The package's processing modules import torch: loaded after --help has had its chance.
+    from megrezo.audio_processing import SAMPLING_RATE, load_audio
+    from megrezo.image_processing_megrezo import image_to_patch_strip, load_image, pad_slices, slice_image
+    from megrezo.processing_megrezo import MegrezOProcessor
 
     processor = MegrezOProcessor.from_pretrained(cached_tiny_checkpoint(), trust_remote_code=True)
     image_settings = processor.image_processor

@@ -13,6 +13,8 @@ says otherwise; --out bench/results updates the tracked figures) and redraws spe
 then prints the table.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import random
@@ -20,14 +22,18 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from output_folder import add_out_argument
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from megrezo.processing_megrezo import MegrezOProcessor
 from megrezo.tiny import MODEL_SIZES, cached_tiny_checkpoint
+
+if TYPE_CHECKING:  # torch and the processor load in main, so that --help answers at once
+    import torch
+
+    from megrezo.processing_megrezo import MegrezOProcessor
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven red kites drift above quiet green hills".split()
 
@@ -61,6 +67,7 @@ def seed_conversations(processor: MegrezOProcessor, batch: int, text_tokens: int
 
 
 def hf_runner(model_path: Path, device: str, dtype: torch.dtype) -> Callable[[list, int], None]:
+    import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=dtype).to(device).eval()
@@ -76,6 +83,7 @@ def hf_runner(model_path: Path, device: str, dtype: torch.dtype) -> Callable[[li
 def vllm_runner(model_path: Path, device: str, dtype: torch.dtype) -> Callable[[list, int], None]:
     from vllm import SamplingParams
 
+    from megrezo.processing_megrezo import MegrezOProcessor
     from vllm_demo.chat_requests import to_vllm_request
     from vllm_demo.offline import load_llm
 
@@ -127,18 +135,23 @@ def draw_chart(results: list[dict], out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf")
-    parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="tiny")
+    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf", help="default: hf")
+    parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="tiny", help="random weights (default: tiny)")
     parser.add_argument("--model_path", help="a real checkpoint instead of random weights of --size")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="default: bfloat16 on GPU, float32 on CPU")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--text-tokens", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8, help="sequences (default: 8)")
+    parser.add_argument("--text-tokens", type=int, default=128, help="text tokens per sequence (default: 128)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="generated tokens per sequence (default: 128)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the median counts (default: 3)")
     add_out_argument(parser)
     args = parser.parse_args()
+    import torch
+
+    from megrezo.processing_megrezo import MegrezOProcessor
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
 
     model_path = Path(args.model_path) if args.model_path else cached_tiny_checkpoint(size=args.size, dtype=dtype)
@@ -165,7 +178,8 @@ def main() -> None:
         "decode_tokens_per_s": args.batch * (args.new_tokens - 1) / max(full_s - prefill_s, 1e-9),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"speed_{args.backend}_{result['size']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    written = args.out / f"speed_{args.backend}_{result['size']}.json"
+    written.write_text(json.dumps(result, indent=2) + "\n")
     everything = [json.loads(p.read_text()) for p in sorted(args.out.glob("speed_*.json"))]
     draw_chart(everything, args.out / "speed.png")
 
@@ -174,6 +188,7 @@ def main() -> None:
     for r in everything:
         print(f"| {r['backend']} | {r['size']} | {r['device']} | {r['image_tokens_per_sequence']} | "
               f"{r['prefill_tokens_per_s']:.1f} | {r['decode_tokens_per_s']:.1f} |")
+    print(f"\nwritten to {written}; the chart of every speed_*.json there is {args.out / 'speed.png'}")
 
 
 if __name__ == "__main__":

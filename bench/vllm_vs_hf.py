@@ -121,6 +121,7 @@ def main() -> None:
         print(f"{name:22s} {rate:9.1f} tokens/s (median of {args.rounds} rounds)")
     print(f"{'speedup':22s} {result['speedup_vllm_over_hf']:9.2f}x  (goal >= {GOAL}x; medians)")
     print(f"{'speedup, best rounds':22s} {result['speedup_best_round']:9.2f}x")
+    print(f"written to {args.out / 'vllm_vs_hf.json'}")
 
 
 if __name__ == "__main__":

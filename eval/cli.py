@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .errors import RunError
+from .help_format import DefaultsHelpFormatter
 from .prompts import DEFAULT_PROMPTS, check_template
 from .runner import RunOptions, evaluate
 from .samples import DataError
@@ -15,12 +16,13 @@ DEFAULT_MAX_NEW_TOKENS = {"asr": 256, "vqa": 64, "choice": 32, "text": 512}
 
 def add_run_parser(commands) -> None:
     run = commands.add_parser("run", help="generate predictions for a JSONL and score them",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    run.add_argument("--task", required=True, choices=TASKS)
+                              formatter_class=DefaultsHelpFormatter)
+    run.add_argument("--task", required=True, choices=TASKS, help="what the samples ask and how answers are scored")
     run.add_argument("--data", required=True, help="the samples (JSONL; media paths relative to its folder)")
     run.add_argument("--model_path", required=True, help="checkpoint folder")
     run.add_argument("--out", required=True, help="output folder; rerun with the same one to resume")
-    run.add_argument("--backend", choices=["hf", "vllm"], default="hf")
+    run.add_argument("--backend", choices=["hf", "vllm"], default="hf",
+                     help="hf: transformers (model.chat, batched); vllm: the vLLM engine")
     run.add_argument("--prompt", help="prompt template with {question} and {options} (default: the task's, "
                      "see eval/prompts.py)")
     run.add_argument("--system", help="system turn (default: none, so the chat template's default system turn)")

@@ -1,16 +1,16 @@
 """Command-line arguments of `finetune.py`, parsed by transformers' `HfArgumentParser`.
 
 `FinetuneArguments` extends `TrainingArguments`, so every Trainer flag (`--learning_rate`, `--deepspeed`,
-`--save_steps`, ...) works unchanged; the fields here add the module switches, LoRA and the processor settings.
-It also holds the one piece of start-up that must happen before the Trainer's own: DeepSpeed without CUDA.
+`--save_steps`, ...) works unchanged; `FinetuneOptions` adds the module switches, LoRA and the processor settings.
+This file imports nothing heavy, so `finetune.py --help` lists these options at once; `training_arguments.py`
+joins them to the Trainer's.
 """
 
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
-
-import torch
-from transformers import TrainingArguments
+from pathlib import Path
 
 DEFAULT_LORA_TARGETS = r"llm\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -45,7 +45,9 @@ class DataArguments:
 
 
 @dataclass
-class FinetuneArguments(TrainingArguments):
+class FinetuneOptions:
+    """The options `finetune.py` adds to the Trainer's (some of them change a Trainer default)."""
+
     model_max_length: int = field(
         default=2048, metadata={"help": "Longest tokenized sample (media tokens included); longer ones are errors."}
     )
@@ -76,30 +78,6 @@ class FinetuneArguments(TrainingArguments):
         default=False, metadata={"help": "Every encoder runs every step (dummy input when a batch lacks it)."}
     )
 
-    def __post_init__(self) -> None:
-        if self.use_lora and self.tune_llm:
-            raise ValueError("--use_lora trains adapters instead of the full LLM: pass --tune_llm false with it")
-        if self.merge_lora and not self.use_lora:
-            raise ValueError("--merge_lora needs --use_lora")
-        if self.deepspeed and not torch.cuda.is_available():
-            self._start_cpu_deepspeed()
-        super().__post_init__()
-
-    def _start_cpu_deepspeed(self) -> None:
-        """Without CUDA, accelerate would start DeepSpeed with no process group and count one process (both ranks
-        then train unsharded, or `train_batch_size` checks fail). Creating the distributed state ourselves with
-        gloo, flagged as DeepSpeed, and telling the Trainer to use it, makes ZeRO shard across the CPU ranks."""
-        from accelerate import PartialState
-
-        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
-        try:
-            PartialState(backend="gloo")
-        finally:
-            del os.environ["ACCELERATE_USE_DEEPSPEED"]
-        if not isinstance(self.accelerator_config, dict | None):
-            raise ValueError("DeepSpeed without CUDA sets accelerator_config itself; pass it as a dict, not a file")
-        self.accelerator_config = {**(self.accelerator_config or {}), "use_configured_state": True}
-
     def tune_flags(self) -> dict[str, bool]:
         """The `--tune_*` switches keyed by module group (see modules.GROUPS)."""
         return {
@@ -109,3 +87,41 @@ class FinetuneArguments(TrainingArguments):
             "audio_encoder": self.tune_audio_encoder,
             "audio_proj": self.tune_audio_proj,
         }
+
+
+SHM_OP_SECONDS = "about 35 to 90 s on an idle 2-core machine, several minutes on a busy one"
+
+
+def announce_shm_op_build() -> None:
+    """DeepSpeed compiles its shared-memory communication op with g++ the first time it starts on the CPU in an
+    environment, and prints nothing for that long: say so first (once, from the first rank)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        root = Path.home() / ".cache" / "torch_extensions" / f"py{sys.version_info.major}{sys.version_info.minor}_cpu"
+    built = any((Path(root) / "deepspeed_shm_comm").glob("*.so"))
+    if not built and os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"DeepSpeed: compiling its CPU communication op first (once per environment, {SHM_OP_SECONDS}; "
+              f"kept in {root})", file=sys.stderr, flush=True)
+
+
+def answer_help_quickly() -> None:
+    """`--help` lists the project's options without importing torch (which takes long): it exits here, as argparse
+    does. `--help_all` goes on to the full parser, which also lists every Trainer flag."""
+    if "--help_all" in sys.argv:
+        sys.argv[sys.argv.index("--help_all")] = "--help"
+        return
+    if not {"-h", "--help"} & set(sys.argv[1:]):
+        return
+    from transformers.hf_argparser import HfArgumentParser
+
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, FinetuneOptions),
+        prog=Path(sys.argv[0]).name,
+        description="Finetune Megrez-3B-Omni on JSONL conversations: full or LoRA, each module switchable, "
+        "DeepSpeed ZeRO-2/3. finetune/finetune.sh starts it with the recommended settings.",
+        epilog="Every flag of transformers' TrainingArguments works as well (--output_dir, --learning_rate, "
+        "--num_train_epochs, --max_steps, --deepspeed, --save_steps, --bf16, ...): --help_all lists them all "
+        "(it imports torch and transformers first, which takes a while).",
+    )
+    parser.print_help()
+    raise SystemExit(0)

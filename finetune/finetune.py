@@ -1,7 +1,7 @@
 """Finetune Megrez-3B-Omni on JSONL conversations: full or LoRA, each module switchable, DeepSpeed ZeRO-2/3.
 
 Launch with `finetune/finetune.sh` (torchrun, 2 processes) or directly: `python finetune/finetune.py --help` lists
-every flag (the Trainer's plus those in arguments.py). The data is checked line by line first (validate_data.py);
+the flags of arguments.py, `--help_all` every flag (the Trainer's too). The data is checked line by line first (validate_data.py);
 a restarted run continues from the newest complete checkpoint in --output_dir, and a finished one says so and
 changes nothing; the final model in --output_dir holds weights, model code and processor files, so it loads with
 `trust_remote_code=True` on its own. A rank ends when its launcher does (launcher_watch.py).
@@ -11,12 +11,15 @@ from launcher_watch import end_with_launcher
 
 end_with_launcher()  # before the slow imports below, so a killed launcher takes its ranks along from the start
 
+from arguments import DataArguments, ModelArguments, answer_help_quickly, default_attn_implementation  # noqa: E402
+
+answer_help_quickly()  # also before the slow imports: --help needs none of them
+
 import resource  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from arguments import DataArguments, FinetuneArguments, ModelArguments, default_attn_implementation  # noqa: E402
 from dataset import ConversationDataset, TrainingCollator  # noqa: E402
 from merge_lora import merge_lora  # noqa: E402
 from modules import apply_lora, set_trainable, trainable_report  # noqa: E402
@@ -28,6 +31,7 @@ from trainer import (  # noqa: E402
     newest_complete_checkpoint,
     remove_incomplete_checkpoints,
 )
+from training_arguments import FinetuneArguments  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoProcessor, HfArgumentParser  # noqa: E402
 from transformers.integrations import is_deepspeed_zero3_enabled  # noqa: E402
 from validate_data import check_jsonl, configure_images  # noqa: E402

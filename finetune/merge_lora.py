@@ -6,10 +6,14 @@ and saves model weights, model code, processor and tokenizer to OUT, so OUT load
 `finetune.py --merge_lora` calls the same function after training.
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch, peft and transformers load in merge_lora, so that --help answers at once
+    import torch
 
 
 def merge_lora(base_model_path: str | Path, adapter_path: str | Path, output_path: str | Path,
@@ -30,9 +34,9 @@ def merge_lora(base_model_path: str | Path, adapter_path: str | Path, output_pat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--base_model_path", required=True)
-    parser.add_argument("--adapter_path", required=True)
-    parser.add_argument("--output_path", required=True)
+    parser.add_argument("--base_model_path", required=True, help="the checkpoint the adapter was trained on")
+    parser.add_argument("--adapter_path", required=True, help="the adapter folder finetune.py saved")
+    parser.add_argument("--output_path", required=True, help="folder for the merged, self-contained checkpoint")
     args = parser.parse_args()
     print(f"merged model saved to {merge_lora(args.base_model_path, args.adapter_path, args.output_path)}")
 

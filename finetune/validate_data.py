@@ -13,9 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from megrezo.audio_processing import load_audio
 from megrezo.conversation import media_items, validate_conversation
-from megrezo.image_processing_megrezo import ImageTooLargeError, load_image
 
 MEDIA_KINDS = ("image", "audio")
 
@@ -52,7 +50,11 @@ def resolve_media(path: object, prefix: Path, kind: str) -> Path:
 
 def _decode(path: Path, kind: str) -> None:
     """Decodes the file as training will; every failure becomes a ValueError naming the file. An image above the
-    pixel limit keeps the loader's message, which names the file and the limit."""
+    pixel limit keeps the loader's message, which names the file and the limit. (Imported here, since the
+    decoders bring torch, and `--help` should answer at once.)"""
+    from megrezo.audio_processing import load_audio
+    from megrezo.image_processing_megrezo import ImageTooLargeError, load_image
+
     try:
         load_image(path) if kind == "image" else load_audio(path)
     except ImageTooLargeError:
@@ -135,12 +137,15 @@ def check_jsonl(path: str | Path, prefix: str | Path, processor, model_max_lengt
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data_path")
+    parser.add_argument("data_path", help="the finetuning JSONL, one conversation per line")
     parser.add_argument("--dataset_prefix", default=None, help="media root; default: the JSONL's folder")
     parser.add_argument("--model_path", required=True, help="checkpoint whose processor tokenizes the samples")
-    parser.add_argument("--model_max_length", type=int, default=2048)
-    parser.add_argument("--max_slice_nums", type=int, default=None)
-    parser.add_argument("--scale_resolution", type=int, default=None)
+    parser.add_argument("--model_max_length", type=int, default=2048,
+                        help="longest sample in tokens, media included (default: 2048)")
+    parser.add_argument("--max_slice_nums", type=int, default=None,
+                        help="most slices per image (default: the checkpoint's, 9 for the release)")
+    parser.add_argument("--scale_resolution", type=int, default=None,
+                        help="side of a slice in pixels (default: the checkpoint's, 448 for the release)")
     args = parser.parse_args(argv)
     from transformers import AutoProcessor
 

@@ -3,7 +3,12 @@
 Same tensor names, same code path, same special tokens as the release; only the sizes are small (LLM head_dim 64,
 which vLLM's CPU attention needs) and the tokenizer is a small byte-level BPE whose words come from a built-in
 corpus (any text still round-trips). Deterministic for a seed. Its weights are random: its replies are random words.
+
+torch, transformers and the model's modules are imported by the functions that build, so that `--help` and the
+scripts that only need the cache path answer at once.
 """
+
+from __future__ import annotations
 
 import argparse
 import hashlib
@@ -13,19 +18,19 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor
+from typing import TYPE_CHECKING
 
 from . import special_tokens as tok
 from . import tiny_corpus
 from .chat_template import CHAT_TEMPLATE
-from .configuration_megrezo import MegrezOAudioConfig, MegrezOConfig
-from .image_processing_megrezo import MegrezOImageProcessor
-from .modeling_megrezo import MegrezO
-from .processing_megrezo import MegrezOProcessor
-from .stop_tokens import stop_generation_config
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerFast
+
+    from .configuration_megrezo import MegrezOConfig
+    from .modeling_megrezo import MegrezO
+    from .processing_megrezo import MegrezOProcessor
 
 RELEASE_PREPROCESSOR = {
     "image_processor_type": "MegrezOImageProcessor",
@@ -53,6 +58,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE learned from the built-in corpus (`tiny_corpus.py`), plus the release's special and media
     tokens. Its vocabulary holds whole English and Chinese words, so random replies read as words; the 256 byte
     tokens stay, so any text round-trips. Training is deterministic: the same corpus gives the same ids."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -91,6 +99,8 @@ def favour_readable_tokens(model: MegrezO, tokenizer: PreTrainedTokenizerFast) -
     Every other row keeps its random values, so finetuning the tiny model starts as it would from any random model
     (shrinking all but whole-word rows made its one-word answers much slower to learn). Only the random weights
     change: training and every forward pass are untouched."""
+    import torch
+
     with torch.no_grad():
         model.get_output_embeddings().weight[unprintable_token_ids(tokenizer)] = 0
 
@@ -123,6 +133,8 @@ def sized_config(size: str, tokenizer: PreTrainedTokenizerFast) -> MegrezOConfig
     """The config of a random model of `size` around the tokenizer: the release's fixed settings (patch 14, 980-pixel
     position grid, 64 queries, 4096 positions, RoPE theta 5e6), the preset's widths and depths, and the tokenizer's
     stop and padding ids."""
+    from .configuration_megrezo import MegrezOAudioConfig, MegrezOConfig
+
     preset = MODEL_SIZES[size]
     hidden = preset["hidden_size"]
     vision = {"patch_size": 14, "image_size": 980, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
@@ -150,6 +162,11 @@ def sized_config(size: str, tokenizer: PreTrainedTokenizerFast) -> MegrezOConfig
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, config: MegrezOConfig) -> MegrezOProcessor:
     """The release's preprocessing settings around `tokenizer`, with the config's audio tokens and position limit."""
+    from transformers import WhisperFeatureExtractor
+
+    from .image_processing_megrezo import MegrezOImageProcessor
+    from .processing_megrezo import MegrezOProcessor
+
     image_settings = {k: v for k, v in RELEASE_PREPROCESSOR.items() if k not in ("auto_map", "processor_class")}
     return MegrezOProcessor(
         image_processor=MegrezOImageProcessor(**image_settings),
@@ -182,9 +199,7 @@ def quiet_deepspeed_accelerator_guess():
         logger.removeFilter(line_filter)
 
 
-def make_tiny_checkpoint(
-    out_dir: str | Path, seed: int = 0, size: str = "tiny", dtype: torch.dtype = torch.float32
-) -> Path:
+def make_tiny_checkpoint(out_dir: str | Path, seed: int = 0, size: str = "tiny", dtype: torch.dtype | str = "float32") -> Path:
     """Writes config, safetensors weights, remote code, tokenizer, processor, preprocessor config and
     generation_config.json (the stop tokens) to out_dir.
     `size` picks one of MODEL_SIZES; weights are stored in `dtype`.
@@ -192,6 +207,12 @@ def make_tiny_checkpoint(
     The processor is saved with its remote code (processing_megrezo.py and the files it imports) and auto_map, so
     `AutoProcessor.from_pretrained(out_dir, trust_remote_code=True)` works without this package installed; the
     release-format preprocessor_config.json is written last, so its auto_map serves AutoImageProcessor."""
+    import torch
+
+    from .modeling_megrezo import MegrezO
+    from .stop_tokens import stop_generation_config
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     out_dir = Path(out_dir)
     tokenizer = build_tokenizer()
     config = sized_config(size, tokenizer)
@@ -212,7 +233,7 @@ def make_tiny_checkpoint(
     return out_dir
 
 
-def cached_tiny_checkpoint(seed: int = 0, size: str = "tiny", dtype: torch.dtype = torch.float32) -> Path:
+def cached_tiny_checkpoint(seed: int = 0, size: str = "tiny", dtype: torch.dtype | str = "float32") -> Path:
     """The tiny checkpoint in a cache folder (`MEGREZO_CACHE`, default ~/.cache/megrezo), made on first use.
 
     The folder name carries a hash of this package's source, so a code change never meets a stale copy of the
@@ -239,21 +260,36 @@ def cached_tiny_checkpoint(seed: int = 0, size: str = "tiny", dtype: torch.dtype
 
 
 def model_path_or_tiny(model_path: str | None) -> str:
-    """The scripts' --model_path, or the cached tiny checkpoint with a one-line notice that its weights are random."""
+    """The scripts' --model_path, or the cached tiny checkpoint with a one-line notice that its weights are random.
+    A path that names no folder ends the script with "folder not found: PATH" (transformers would read it as a
+    malformed Hub repo id); a Hub id such as `org/name` that is not a local folder goes on to transformers."""
     if model_path:
+        looks_local = model_path.startswith(("/", ".", "~")) or model_path.count("/") != 1
+        if looks_local and not Path(model_path).expanduser().is_dir():
+            raise SystemExit(f"folder not found: {model_path}")
         return model_path
     print("No --model_path: using the tiny checkpoint, whose weights are random (its replies are random words).")
     return str(cached_tiny_checkpoint())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="tiny")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser = argparse.ArgumentParser(
+        prog="python -m megrezo.tiny",
+        description="Write a random-weight Megrez-3B-Omni checkpoint (the release's layout, code and tokenizer "
+        "tokens) to OUT_DIR, for trying every script without the real weights.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if missing)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    parser.add_argument(
+        "--size", choices=sorted(MODEL_SIZES), default="tiny",
+        help="tiny: about 10 MB, small: about 110 MB, full: the release's dimensions, about 8 GB in bfloat16 "
+        "(16 GB in float32, the default) of disk and as much memory while writing",
+    )
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                        help="dtype of the stored weights")
     args = parser.parse_args()
-    path = make_tiny_checkpoint(args.out_dir, args.seed, args.size, getattr(torch, args.dtype))
+    path = make_tiny_checkpoint(args.out_dir, args.seed, args.size, args.dtype)
     print(f"{args.size} random Megrez-3B-Omni written to {path} (random weights: replies are random words)")
 
 

@@ -1,7 +1,6 @@
 """`python -m eval convert fleurs|wenetspeech|hf ...`: the converters' command line."""
 
-import argparse
-
+from ..help_format import DefaultsHelpFormatter
 from .fleurs import REFERENCE_COLUMNS, convert_fleurs
 from .hf_table import Columns, convert_hf_table
 from .wenetspeech import convert_wenetspeech
@@ -16,7 +15,7 @@ def add_convert_parser(commands) -> None:
     formats = convert.add_subparsers(dest="format", required=True)
 
     fleurs = formats.add_parser("fleurs", help="Fleurs-style TSV + audio folder",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     fleurs.add_argument("--tsv", required=True, help="e.g. fleurs/cmn_hans_cn/test.tsv")
     fleurs.add_argument("--audio_dir", help="default: <tsv folder>/audio/<tsv name without .tsv>")
     fleurs.add_argument("--language", required=True, help="en, zh, ... (zh is scored by CER)")
@@ -28,7 +27,7 @@ def add_convert_parser(commands) -> None:
                                                          a.subset))
 
     wenet = formats.add_parser("wenetspeech", help="WenetSpeech-style JSON manifest of long recordings",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=DefaultsHelpFormatter)
     wenet.add_argument("--manifest", required=True, help="WenetSpeech.json")
     wenet.add_argument("--subset", required=True, help="segment subset to take, e.g. TEST_NET or TEST_MEETING")
     wenet.add_argument("--audio_root", help="folder the manifest's paths start from (default: its folder)")
@@ -38,7 +37,7 @@ def add_convert_parser(commands) -> None:
                                                              a.segments_dir))
 
     table = formats.add_parser("hf", help="datasets save_to_disk folder or parquet files with embedded media",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=DefaultsHelpFormatter)
     table.add_argument("--source", required=True, help="save_to_disk folder, parquet file or folder of parquet files")
     table.add_argument("--split", help="split of a saved DatasetDict")
     table.add_argument("--answer_field", required=True, help="reference column (string or list of strings)")

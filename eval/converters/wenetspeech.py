@@ -11,16 +11,16 @@ from pathlib import Path
 
 import soundfile
 
-from megrezo.audio_processing import SAMPLING_RATE, load_audio
-
 from .output import ConvertedSet
 
-END_TOLERANCE = SAMPLING_RATE // 20
+END_TOLERANCE_SECONDS = 0.05
 """A segment may end up to 50 ms after the decoded recording (rounding of the manifest's times)."""
 
 
 def convert_wenetspeech(manifest: str | Path, out: str | Path, subset: str, audio_root: str | Path | None = None,
                         segments_dir: str | Path | None = None) -> ConvertedSet:
+    from megrezo.audio_processing import SAMPLING_RATE, load_audio  # imports torch: only when converting
+
     manifest = Path(manifest)
     audio_root = Path(audio_root) if audio_root else manifest.parent
     converted = ConvertedSet(out)
@@ -45,7 +45,7 @@ def convert_wenetspeech(manifest: str | Path, out: str | Path, subset: str, audi
             begin, end = (round(float(segment.get(key, -1)) * SAMPLING_RATE) for key in ("begin_time", "end_time"))
             if not text:
                 converted.skip(segment_where, "no reference text")
-            elif not 0 <= begin < end <= len(wave) + END_TOLERANCE:
+            elif not 0 <= begin < end <= len(wave) + END_TOLERANCE_SECONDS * SAMPLING_RATE:
                 converted.skip(segment_where, f"times {segment.get('begin_time')}-{segment.get('end_time')} s lie "
                                               f"outside the {len(wave) / SAMPLING_RATE:.2f} s recording")
             else:
