@@ -4,6 +4,7 @@ Both are generated rather than downloaded so that the repository carries no thir
 rebuild them bit for bit: `python data/make_samples.py` (needs Pillow and the espeak-ng command).
 """
 
+import argparse
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import soundfile
 from PIL import Image, ImageDraw, ImageFont
-
-from megrezo.audio_processing import SAMPLING_RATE, load_audio
 
 DATA_DIR = Path(__file__).resolve().parent
 IMAGE_PATH = DATA_DIR / "sample_image.jpg"
@@ -56,10 +55,15 @@ def speak(text: str) -> np.ndarray:
         sys.exit("espeak-ng is not installed (e.g. `apt-get install espeak-ng`); cannot make sample_audio.wav")
     command = [espeak, "-v", VOICE, "-s", str(WORDS_PER_MINUTE), "--stdout", text]
     wav_bytes = subprocess.run(command, capture_output=True, check=True).stdout
+    from megrezo.audio_processing import load_audio  # imports torch: after --help
+
     return load_audio(wav_bytes)
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=f"Writes {IMAGE_PATH} and {AUDIO_PATH}.").parse_args()
+    from megrezo.audio_processing import SAMPLING_RATE
+
     question = speak(QUESTION)
     draw_picture().save(IMAGE_PATH, format="JPEG", quality=90)
     soundfile.write(AUDIO_PATH, np.clip(question, -1.0, 1.0), SAMPLING_RATE, subtype="PCM_16")

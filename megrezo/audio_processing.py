@@ -144,11 +144,15 @@ def _decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
         return _decode_with_ffmpeg(path, f"{len(data)} bytes"), SAMPLING_RATE
 
 
+STREAMED_WAV_SIZES = (0, 0xFFFFFFFF, 0x7FFFF000)
+"""`data` chunk sizes that writers put in a WAV header before they know the length."""
+
+
 def _check_wav_is_complete(head: bytes, file_size: int, description: str) -> None:
     """Refuse a WAV file whose `data` chunk claims more bytes than the file holds. libsndfile reads such a file
     without complaint and returns whatever is there (one sample, or half the recording), so a file cut off in a
     download or copy would silently become different audio. Streams written before their length was known (size
-    0 or 0xFFFFFFFF) and RF64 files are left to the decoder."""
+    0, 0xFFFFFFFF, or 0x7FFFF000 as espeak-ng --stdout writes) and RF64 files are left to the decoder."""
     if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return
     offset = 12
@@ -156,7 +160,7 @@ def _check_wav_is_complete(head: bytes, file_size: int, description: str) -> Non
         chunk_id, chunk_size = head[offset : offset + 4], struct.unpack("<I", head[offset + 4 : offset + 8])[0]
         if chunk_id == b"data":
             available = file_size - (offset + 8)
-            if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
+            if chunk_size not in STREAMED_WAV_SIZES and chunk_size > available:
                 raise ValueError(
                     f"truncated WAV audio: its header promises {chunk_size} bytes of samples but only {available} "
                     f"follow ({description}); the file was cut off, re-export or re-download it"

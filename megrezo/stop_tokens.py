@@ -6,16 +6,22 @@ the release's config.json names only `<|turn_end|>`. Checkpoints this project wr
 adds it to a folder that lacks it (the ids are read from the folder's own tokenizer).
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
-
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from . import special_tokens as tok
+
+if TYPE_CHECKING:  # transformers loads when a config is made, so that --help answers at once
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 
 def stop_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
     """Generation ends at `<|turn_end|>` or `<|eos|>`; padding uses `<|pad|>`. Ids come from `tokenizer`."""
+    from transformers import GenerationConfig
+
     stop_ids = tokenizer.convert_tokens_to_ids([tok.TURN_END, tok.EOS])
     unknown = [name for name, token_id in zip((tok.TURN_END, tok.EOS), stop_ids, strict=True)
                if token_id is None or token_id == tokenizer.unk_token_id]  # fmt: skip
@@ -25,9 +31,11 @@ def stop_generation_config(tokenizer: PreTrainedTokenizerBase) -> GenerationConf
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m megrezo.stop_tokens", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="checkpoint folder; generation_config.json is written there")
     args = parser.parse_args()
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=True)
     config = stop_generation_config(tokenizer)
     config.save_pretrained(args.checkpoint)
