@@ -43,8 +43,9 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
   step "creating $VENV (a few seconds)" "$PY" -m venv "$VENV"
 fi
-# The machine's pip config names local indexes that do not exist for every package; drop that noise.
-pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | grep -v "^WARNING: Location" || true; return "${PIPESTATUS[0]}"; }
+# The machine's pip config names local indexes that do not exist for every package; drop that noise. The status
+# is pip's (pipefail), so a failed install stops the setup before it writes its stamp.
+pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 step "upgrading pip (a few seconds)" pip install -q --progress-bar off --upgrade pip
 # Pin torch first: an unpinned torch elsewhere would resolve to a multi-GB CUDA build.
 step "installing torch 2.13.0 (about 20 s from pip's cache, a few minutes when it downloads)" \
