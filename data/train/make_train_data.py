@@ -6,6 +6,7 @@ conversations mixing image-only, audio-only and image+audio turns (one of them m
 generated, so the repository carries no third-party media: `python data/train/make_train_data.py`.
 """
 
+import argparse
 import io
 import json
 import shutil
@@ -88,6 +89,7 @@ def build_records() -> list[dict]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     (TRAIN_DIR / "images").mkdir(exist_ok=True)
     (TRAIN_DIR / "audios").mkdir(exist_ok=True)
     records = build_records()
