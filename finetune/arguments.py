@@ -43,6 +43,11 @@ class DataArguments:
     max_slice_nums: int | None = field(default=None, metadata={"help": "Override the processor's max_slice_nums."})
     scale_resolution: int | None = field(default=None, metadata={"help": "Override the processor's scale_resolution."})
 
+    def __post_init__(self) -> None:
+        for name in ("max_slice_nums", "scale_resolution"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
 
 @dataclass
 class FinetuneArguments(TrainingArguments):
@@ -77,6 +82,8 @@ class FinetuneArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if self.model_max_length < 1:
+            raise ValueError(f"--model_max_length must be at least 1, got {self.model_max_length}")
         if self.use_lora and self.tune_llm:
             raise ValueError("--use_lora trains adapters instead of the full LLM: pass --tune_llm false with it")
         if self.merge_lora and not self.use_lora:

@@ -109,6 +109,7 @@ def validate_conversation(messages: object, add_generation_prompt: bool) -> Conv
         if role not in ROLES:
             raise ValueError(f"messages[{index}]: unknown role {role!r}; expected one of {', '.join(ROLES)}")
         if isinstance(content, str):
+            _check_unicode(content, index)
             has_content = content.strip() != ""
         elif isinstance(content, dict):
             unknown = sorted(set(content) - set(CONTENT_KEYS))
@@ -117,6 +118,7 @@ def validate_conversation(messages: object, add_generation_prompt: bool) -> Conv
             text = content.get("text")
             if text is not None and not isinstance(text, str):
                 raise ValueError(f"messages[{index}]: 'text' must be a string, got {type(text).__name__}")
+            _check_unicode(text or "", index)
             has_content = bool(text and text.strip()) or any(
                 media_items(content.get(kind)) for kind in ("image", "audio")
             )
@@ -138,6 +140,18 @@ def validate_conversation(messages: object, add_generation_prompt: bool) -> Conv
             "end it with a user turn"
         )
     return list(messages)
+
+
+def _check_unicode(text: str, index: int) -> None:
+    """A lone surrogate (from text decoded with errors="surrogateescape", or half of a broken UTF-16 pair) is not
+    Unicode text: the tokenizer cannot encode it, so name it and where it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"messages[{index}]: the text is not valid Unicode: lone surrogate {text[error.start]!r} at character "
+            f"{error.start}"
+        ) from None
 
 
 def template_view(messages: Conversation) -> Conversation:
@@ -359,6 +373,7 @@ class MegrezOProcessor(ProcessorMixin):
         a media placeholder would leave vectors without positions.
         """
         messages = validate_conversation(messages, add_generation_prompt)
+        self._check_text_size(messages, max_length if with_labels and max_length is not None else self.max_positions)
         media = self._decode_media(messages)
         rendered = self.render(media.template_messages, add_generation_prompt)
         text, runs, media_ranges, shifts = self._expand_placeholders(rendered, media)
@@ -411,6 +426,25 @@ class MegrezOProcessor(ProcessorMixin):
             keep &= ~((token_starts >= start) & (token_starts < end))
         labels = torch.where(torch.from_numpy(keep), ids, torch.full_like(ids, IGNORE_INDEX))
         return labels.repeat_interleave(repeats)
+
+    def _check_text_size(self, messages: Conversation, limit: int) -> None:
+        """Refuse text that cannot fit before tokenizing it (a 10 MB prompt takes a minute to tokenize): no token
+        spans more characters than the longest vocabulary entry, so the text holds at least characters / that
+        many tokens. A margin of 4 covers normalisers that merge characters (composed accents)."""
+        characters = sum(
+            len(content if isinstance(content, str) else content.get("text") or "")
+            for content in (message["content"] for message in messages)
+        )
+        if characters <= limit:
+            return
+        if getattr(self, "_longest_token_chars", None) is None:
+            self._longest_token_chars = max(len(token) for token in self.tokenizer.get_vocab())
+        fewest_tokens = characters // (4 * self._longest_token_chars)
+        if fewest_tokens > limit:
+            raise ValueError(
+                f"the conversation's text is {characters:,} characters, at least {fewest_tokens:,} tokens: longer "
+                f"than the {limit} positions allowed; shorten it"
+            )
 
     def _check_length(
         self, length: int, runs: list[_MediaRun], run_starts: list[int], with_labels: bool, max_length: int | None
@@ -544,7 +578,12 @@ class MegrezOProcessor(ProcessorMixin):
         keywords (`with_labels`, `max_length`) go to `process_multimodal_inputs`."""
         if isinstance(conversations, list | tuple) and conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
-        if not isinstance(conversations, list | tuple) or not conversations:
+        if not isinstance(conversations, list | tuple):
+            raise ValueError(
+                "expected one conversation (a list of message dicts) or a list of them, got "
+                f"{type(conversations).__name__}; a text prompt is [{{'role': 'user', 'content': ...}}]"
+            )
+        if not conversations:
             raise ValueError("empty message list: pass one conversation (a list of message dicts) or a list of them")
         samples = []
         for index, conversation in enumerate(conversations):
