@@ -36,7 +36,7 @@ class RunOptions:
     prompt: str
     backend: str = "hf"
     system: str | None = None
-    metric: str = "vqa_accuracy"
+    metric: str | None = None
     language: str = "en"
     circular: bool = False
     max_new_tokens: int = 512
