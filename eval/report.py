@@ -34,7 +34,8 @@ def markdown_report(metrics: dict, items: list[ScoredItem]) -> str:
         for subset, figures in sorted(metrics["by_subset"].items()):
             lines.append(f"| {subset} | " + " | ".join(_cell(figures.get(name)) for name in names) + " |")
     if metrics.get("skipped"):
-        lines += ["", f"{len(metrics['skipped'])} samples skipped (their media do not decode; not scored):", ""]
+        lines += ["", f"{len(metrics['skipped'])} samples skipped (bad media or refused by the model; not scored):",
+                  ""]
         lines += [f"- {_escape(problem)}" for problem in metrics["skipped"]]
     failed = [item for item in items if item.score is not None and item.score < 1.0][:SHOWN_ITEMS]
     if failed:

@@ -4,8 +4,9 @@ and report.
 The output folder holds `run.json` (the settings that decide the predictions), `predictions.jsonl` (appended as
 replies arrive), `scored.jsonl` (each item with its score), `metrics.json` and `report.md`. Restarting with the same
 settings generates only the requests missing from predictions.jsonl; other settings are refused, since mixing
-predictions made two ways would give a figure that belongs to neither. Samples whose media do not decode are
-skipped, named with their line, and listed in metrics.json and report.md; the others are predicted and scored.
+predictions made two ways would give a figure that belongs to neither. Samples whose media do not decode, and
+samples the model refuses (a prompt too long), are skipped, named with their line, and listed in metrics.json and
+report.md; the others are predicted and scored.
 """
 
 import json
@@ -97,30 +98,34 @@ def make_backend(options: RunOptions):
     return HFBackend(options.model_path, settings, options.batch_size, options.dtype, options.device)
 
 
-def generate_missing(options: RunOptions, requests: list[Request], log: PredictionLog, backend=None) -> None:
-    """Generates every request not yet in the log and appends each reply as it arrives. A backend passed in is
+def generate_missing(options: RunOptions, requests: list[Request], log: PredictionLog, backend=None) -> list[str]:
+    """Generates every request not yet in the log and appends each reply as it arrives; returns a problem line for
+    each request the model refused (it stays out of the log, so a later run asks again). A backend passed in is
     used and left open (benchmarks reuse one); otherwise one is loaded only if something is missing."""
     missing = [request for request in requests if request.key not in log.done]
     print(f"{len(requests) - len(missing)} of {len(requests)} predictions already in {log.path}; "
           f"generating {len(missing)}", file=sys.stderr, flush=True)
     if not missing:
-        return
+        return []
     owned = backend is None
     backend = make_backend(options) if owned else backend
     conversations = [build_messages(request, options.prompt, options.system) for request in missing]
+    refused = []
     try:
         with tqdm(total=len(requests), initial=len(requests) - len(missing), desc=f"{options.backend} generate",
                   unit="item", dynamic_ncols=True) as bar:
             for index, reply in backend.generate(conversations):
-                log.add(missing[index].key, reply)
+                request = missing[index]
+                if isinstance(reply, ValueError):
+                    refused.append(f"line {request.sample.line} (id {request.key}): {reply}")
+                    tqdm.write(f"skipped: {refused[-1]}", file=sys.stderr)
+                else:
+                    log.add(request.key, reply)
                 bar.update(1)
-    except ValueError as error:
-        # Bad media or an over-long prompt: the model names the problem; what was generated so far is kept.
-        raise RunError(f"generation stopped after {len(log.done)} of {len(requests)} predictions: {error}. "
-                       "Fix or remove the sample and run the same command again to continue.") from error
     finally:
         if owned:
             backend.close()
+    return refused
 
 
 def evaluate(options: RunOptions) -> dict:
@@ -140,10 +145,15 @@ def evaluate(options: RunOptions) -> dict:
 
     log = PredictionLog(out / "predictions.jsonl")
     try:
-        generate_missing(options, requests, log)
+        skipped += generate_missing(options, requests, log)
     finally:
         log.close()
 
+    unanswered = {request.sample.id for request in requests if request.key not in log.done}
+    requests = [request for request in requests if request.sample.id not in unanswered]
+    samples = [sample for sample in samples if sample.id not in unanswered]
+    if not requests:
+        raise RunError("the model refused every sample; nothing to score:\n" + "\n".join(skipped))
     predictions = [log.done[request.key] for request in requests]
     metrics, items = score(options.task, requests, predictions, options.metric, options.language)
     metrics = {"samples": len(samples), "requests": len(requests), "skipped": skipped, **metrics,

@@ -3,6 +3,7 @@ predictions equal to `model.chat` on conversations written out by hand, resume a
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -244,6 +245,25 @@ def test_bad_media_are_skipped_with_their_lines_before_the_model_loads(tiny_chec
                                       "phrase.", "image": str(tmp_path / sample["image"])}}] for sample in good]),
         strict=True))
     assert "4 samples skipped" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_sample_the_model_refuses_is_skipped_and_its_batch_mates_answered(tiny_checkpoint, tiny_model, tmp_path,
+                                                                           capsys):
+    """A question too long for the model's positions shares a batch with a good one: only it is skipped (named
+    with its line), the good one is answered as `model.chat` answers it alone, and the next batch goes on."""
+    records = [{"id": "ok1", "question": "What is 2 + 2?", "answer": "#### 4"},
+               {"id": "long", "question": "sea " * 5000, "answer": "#### 1"},
+               {"id": "ok2", "question": "What is 3 + 3?", "answer": "#### 6"}]
+    data = write_jsonl(tmp_path / "data.jsonl", records)
+    capsys.readouterr()
+    metrics = evaluate("text", data, tiny_checkpoint, tmp_path / "out", "--batch_size", "2")
+    stderr = capsys.readouterr().err
+    assert re.search(r"skipped: line 2 \(id long\): prompt is \d+ tokens, longer than the model's 4096", stderr)
+    prompt = '{question}\nSolve it step by step, then give the final number after "The answer is".'
+    expected = chat(tiny_model, [[{"role": "user", "content": prompt.format(question=r["question"])}]
+                                 for r in (records[0], records[2])])
+    assert predictions_by_id(tmp_path / "out") == {"ok1": expected[0], "ok2": expected[1]}
+    assert metrics["samples"] == 2 and len(metrics["skipped"]) == 1
 
 
 @pytest.mark.parametrize(
