@@ -55,17 +55,16 @@ class VLLMBackend:
             room = self.max_in_flight - engine.get_num_unfinished_requests()
             if room > 0 and next_index < len(conversations):
                 chunk = range(next_index, min(next_index + room, len(conversations)))
-                built = {}
                 for index in chunk:
+                    # One request per call, so that one the engine refuses (a prompt too long) fails alone.
                     try:
-                        built[index] = to_vllm_request(self.processor, conversations[index])
+                        request = to_vllm_request(self.processor, conversations[index])
+                        (request_id,) = self.llm.enqueue([request], self.params, use_tqdm=False)
                     except ValueError as error:
                         yield index, error
-                # `enqueue` returns the engine's ids ("<id>-<random suffix>"); outputs carry the part before it.
-                if built:
-                    request_ids = self.llm.enqueue(list(built.values()), self.params, use_tqdm=False)
-                    for request_id, index in zip(request_ids, built, strict=True):
-                        index_of[request_id.split("-", 1)[0]] = index
+                        continue
+                    # `enqueue` returns the engine's ids ("<id>-<random suffix>"); outputs carry the part before it.
+                    index_of[request_id.split("-", 1)[0]] = index
                 next_index = chunk.stop
             for output in engine.step():
                 if output.finished:
