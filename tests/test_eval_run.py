@@ -294,3 +294,13 @@ def test_a_missing_model_path_and_an_out_file_are_named(tiny_checkpoint, tmp_pat
                         "--out", str(tmp_path / "results.txt"))
     assert message == f"error: --out {tmp_path / 'results.txt'} is a file; --out names a folder (a new one, or an " \
                       "earlier run's to resume)"
+
+
+def test_a_metric_of_another_task_is_refused(tmp_path, capsys):
+    data = text_set(tmp_path)
+    message = run_error(capsys, "--task", "text", "--data", str(data), "--model_path", "/nonexistent",
+                        "--out", str(tmp_path / "out"), "--metric", "anls")
+    assert message == "error: --metric anls is not a metric of the text task: use one of exact_match, numeric_match"
+    message = run_error(capsys, "--task", "choice", "--data", str(data), "--model_path", "/nonexistent",
+                        "--out", str(tmp_path / "out"), "--metric", "numeric_match")
+    assert message == "error: --metric numeric_match: the choice task has one metric and takes no --metric"
