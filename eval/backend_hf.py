@@ -20,17 +20,28 @@ class HFBackend:
         self.settings = settings
         self.batch_size = batch_size
 
-    def generate(self, conversations: list[list[dict]]) -> Iterator[tuple[int, str]]:
-        """(index, reply) for every conversation, a batch at a time, in order."""
+    def generate(self, conversations: list[list[dict]]) -> Iterator[tuple[int, str | ValueError]]:
+        """(index, reply) for every conversation, a batch at a time, in order. A conversation `model.chat` refuses
+        (a prompt too long, say) gets its ValueError as its reply: its batch is then answered one conversation at a
+        time, so the others still get their replies."""
         for start in range(0, len(conversations), self.batch_size):
             batch = conversations[start : start + self.batch_size]
-            replies = self.model.chat(
-                batch,
-                sampling=False,
-                max_new_tokens=self.settings.max_new_tokens,
-                repetition_penalty=self.settings.repetition_penalty,
-            )
-            yield from enumerate(replies, start=start)
+            try:
+                yield from enumerate(self._chat(batch), start=start)
+            except ValueError:
+                for index, conversation in enumerate(batch, start=start):
+                    try:
+                        yield index, self._chat([conversation])[0]
+                    except ValueError as error:
+                        yield index, error
+
+    def _chat(self, batch: list[list[dict]]) -> list[str]:
+        return self.model.chat(
+            batch,
+            sampling=False,
+            max_new_tokens=self.settings.max_new_tokens,
+            repetition_penalty=self.settings.repetition_penalty,
+        )
 
     def close(self) -> None:
         del self.model

@@ -41,9 +41,10 @@ class VLLMBackend:
         )
         self.max_in_flight = max_in_flight
 
-    def generate(self, conversations: list[list[dict]]) -> Iterator[tuple[int, str]]:
+    def generate(self, conversations: list[list[dict]]) -> Iterator[tuple[int, str | ValueError]]:
         """(index, reply) for every conversation, in the order they finish. Replies are the generated ids before
-        the stop token, decoded as `model.chat` decodes them (special tokens skipped)."""
+        the stop token, decoded as `model.chat` decodes them (special tokens skipped). A conversation whose request
+        cannot be built gets its ValueError as its reply; the others go on."""
         from vllm_demo.chat_requests import reply_tokens, to_vllm_request
 
         engine = self.llm.llm_engine
@@ -54,10 +55,15 @@ class VLLMBackend:
             room = self.max_in_flight - engine.get_num_unfinished_requests()
             if room > 0 and next_index < len(conversations):
                 chunk = range(next_index, min(next_index + room, len(conversations)))
-                requests = [to_vllm_request(self.processor, conversations[index]) for index in chunk]
-                # `enqueue` returns the engine's ids ("<id>-<random suffix>"); outputs carry the part before it.
-                for request_id, index in zip(self.llm.enqueue(requests, self.params, use_tqdm=False), chunk,
-                                             strict=True):
+                for index in chunk:
+                    # One request per call, so that one the engine refuses (a prompt too long) fails alone.
+                    try:
+                        request = to_vllm_request(self.processor, conversations[index])
+                        (request_id,) = self.llm.enqueue([request], self.params, use_tqdm=False)
+                    except ValueError as error:
+                        yield index, error
+                        continue
+                    # `enqueue` returns the engine's ids ("<id>-<random suffix>"); outputs carry the part before it.
                     index_of[request_id.split("-", 1)[0]] = index
                 next_index = chunk.stop
             for output in engine.step():

@@ -9,7 +9,7 @@ from .help_format import DefaultsHelpFormatter
 from .prompts import DEFAULT_PROMPTS, check_template
 from .runner import RunOptions, evaluate
 from .samples import DataError
-from .scoring import TASKS, VQA_METRICS
+from .scoring import TASKS, TEXT_METRICS, VQA_METRICS, check_metric
 
 DEFAULT_MAX_NEW_TOKENS = {"asr": 256, "vqa": 64, "choice": 32, "text": 512}
 
@@ -26,8 +26,10 @@ def add_run_parser(commands) -> None:
     run.add_argument("--prompt", help="prompt template with {question} and {options} (default: the task's, "
                      "see eval/prompts.py)")
     run.add_argument("--system", help="system turn (default: none, so the chat template's default system turn)")
-    run.add_argument("--metric", choices=sorted(VQA_METRICS), default="vqa_accuracy",
-                     help="vqa task: VQAv2/TextVQA accuracy, DocVQA ANLS or ChartQA relaxed accuracy")
+    run.add_argument("--metric", choices=sorted(VQA_METRICS | TEXT_METRICS),
+                     help="vqa task: vqa_accuracy (VQAv2/TextVQA, default), anls (DocVQA) or relaxed_accuracy "
+                     "(ChartQA); text task: exact_match (GSM8K's official string comparison, default) or "
+                     "numeric_match (lenient: equal values, 72.0 = 72)")
     run.add_argument("--language", default="en", help="asr: language of samples without one (zh: CER, else WER)")
     run.add_argument("--circular", action="store_true",
                      help="choice: also ask every rotation of the options and report circular accuracy")
@@ -46,6 +48,10 @@ def add_run_parser(commands) -> None:
 def run_command(args: argparse.Namespace) -> None:
     prompt = args.prompt if args.prompt is not None else DEFAULT_PROMPTS[args.task]
     check_template(prompt)
+    try:
+        check_metric(args.task, args.metric)
+    except ValueError as error:
+        raise RunError(str(error)) from None
     for name in ("batch_size", "max_in_flight", "max_new_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:

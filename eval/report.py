@@ -33,6 +33,10 @@ def markdown_report(metrics: dict, items: list[ScoredItem]) -> str:
         lines += ["", "| subset | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
         for subset, figures in sorted(metrics["by_subset"].items()):
             lines.append(f"| {subset} | " + " | ".join(_cell(figures.get(name)) for name in names) + " |")
+    if metrics.get("skipped"):
+        lines += ["", f"{len(metrics['skipped'])} samples skipped (bad media or refused by the model; not scored):",
+                  ""]
+        lines += [f"- {_escape(problem)}" for problem in metrics["skipped"]]
     failed = [item for item in items if item.score is not None and item.score < 1.0][:SHOWN_ITEMS]
     if failed:
         lines += ["", f"First {len(failed)} items that did not score fully:", "",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .metrics.anls import anls
 from .metrics.asr import error_rate, normalize_transcript
 from .metrics.choice import extract_letter
-from .metrics.gsm8k import exact_match
+from .metrics.gsm8k import exact_match, numeric_match
 from .metrics.relaxed import relaxed_accuracy
 from .metrics.vqa import vqa_accuracy
 from .requests import Request
@@ -23,6 +23,10 @@ VQA_METRICS: dict[str, Callable[[str, list[str]], float]] = {
     "relaxed_accuracy": relaxed_accuracy,
 }
 """`--metric` choices of the vqa task: VQAv2/TextVQA, DocVQA, ChartQA."""
+TEXT_METRICS: dict[str, Callable[[str, list[str]], float]] = {"exact_match": exact_match, "numeric_match": numeric_match}
+"""`--metric` choices of the text task: GSM8K's official string comparison, or the lenient comparison of values."""
+METRICS_OF_TASK = {"vqa": VQA_METRICS, "text": TEXT_METRICS}
+"""The tasks that take `--metric`; the first entry of each is the default."""
 
 
 @dataclass
@@ -118,14 +122,27 @@ def _choice(requests: list[Request], predictions: list[str]) -> tuple[dict, list
     return metrics, items
 
 
-def score(task: str, requests: list[Request], predictions: list[str], vqa_metric: str = "vqa_accuracy",
+def check_metric(task: str, metric: str | None) -> None:
+    """A `--metric` belongs to one task; naming another task's is a mistake, not something to ignore."""
+    if metric is None or metric in METRICS_OF_TASK.get(task, {}):
+        return
+    if task not in METRICS_OF_TASK:
+        raise ValueError(f"--metric {metric}: the {task} task has one metric and takes no --metric")
+    raise ValueError(f"--metric {metric} is not a metric of the {task} task: use one of "
+                     f"{', '.join(METRICS_OF_TASK[task])}")
+
+
+def score(task: str, requests: list[Request], predictions: list[str], metric: str | None = None,
           default_language: str = "en") -> tuple[dict, list[ScoredItem]]:
-    """Metrics (headline percentages, per-subset figures, details) and the scored items, in request order."""
+    """Metrics (headline percentages, per-subset figures, details) and the scored items, in request order.
+    `metric` picks among a task's METRICS_OF_TASK (default: the first, the benchmark's official one)."""
+    check_metric(task, metric)
     if task == "asr":
         return _asr(requests, predictions, default_language)
     if task == "choice":
         return _choice(requests, predictions)
-    scorer, name = (VQA_METRICS[vqa_metric], vqa_metric) if task == "vqa" else (exact_match, "exact_match")
+    name = metric or next(iter(METRICS_OF_TASK[task]))
+    scorer = METRICS_OF_TASK[task][name]
     items = [ScoredItem(request.key, prediction, request.answers, scorer(prediction, request.answers))
              for request, prediction in zip(requests, predictions, strict=True)]
     return _accuracy(requests, items, name), items

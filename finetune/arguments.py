@@ -43,6 +43,11 @@ class DataArguments:
     max_slice_nums: int | None = field(default=None, metadata={"help": "Override the processor's max_slice_nums."})
     scale_resolution: int | None = field(default=None, metadata={"help": "Override the processor's scale_resolution."})
 
+    def __post_init__(self) -> None:
+        for name in ("max_slice_nums", "scale_resolution"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
 
 @dataclass
 class FinetuneOptions:

@@ -21,6 +21,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 from dataset import ConversationDataset, TrainingCollator  # noqa: E402
+from disk_space import publish_final, reported_when_disk_full, staging_folder  # noqa: E402
 from merge_lora import merge_lora  # noqa: E402
 from modules import apply_lora, set_trainable, trainable_report  # noqa: E402
 from trainer import (  # noqa: E402
@@ -132,8 +133,9 @@ def main() -> None:
     checkpoint = resume_point(args)
     if checkpoint and args.should_log:
         print(f"resuming from {checkpoint}", flush=True)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    save_final(trainer, args, model_args.model_name_or_path)
+    with reported_when_disk_full(args.output_dir, args.should_save):
+        trainer.train(resume_from_checkpoint=checkpoint)
+        save_final(trainer, args, model_args.model_name_or_path)
     trainer.accelerator.wait_for_everyone()
     if args.should_save:
         mark_run_finished(args.output_dir, trainer.state.global_step)
@@ -143,16 +145,23 @@ def main() -> None:
 
 def save_final(trainer: MegrezOTrainer, args: FinetuneArguments, base_model_path: str) -> None:
     """Full training: weights, code and processor in --output_dir. LoRA: the adapter there, or with --merge_lora the
-    adapter in --output_dir/adapter and the merged self-contained model in --output_dir."""
+    adapter in --output_dir/adapter and the merged self-contained model in --output_dir. Everything is written to a
+    staging folder first and moved into --output_dir once complete, so a save that fails (a full disk) leaves no
+    model files that look finished."""
     trainer.save_state()
+    staging = staging_folder(args.output_dir, args.should_save)
+    trainer.accelerator.wait_for_everyone()
     if not args.merge_lora:
-        trainer.save_model(args.output_dir)
-        return
-    adapter_dir = Path(args.output_dir) / ADAPTER_FOLDER
-    trainer.save_model(str(adapter_dir))
+        trainer.save_model(str(staging))
+    else:
+        adapter_dir = staging / ADAPTER_FOLDER
+        trainer.save_model(str(adapter_dir))
+        trainer.accelerator.wait_for_everyone()
+        if args.should_save:
+            merge_lora(base_model_path, adapter_dir, staging, dtype=model_dtype(args))
     trainer.accelerator.wait_for_everyone()
     if args.should_save:
-        merge_lora(base_model_path, adapter_dir, args.output_dir, dtype=model_dtype(args))
+        publish_final(staging, args.output_dir)
     trainer.accelerator.wait_for_everyone()
 
 

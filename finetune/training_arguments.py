@@ -13,6 +13,8 @@ from transformers import TrainingArguments
 @dataclass
 class FinetuneArguments(FinetuneOptions, TrainingArguments):
     def __post_init__(self) -> None:
+        if self.model_max_length < 1:
+            raise ValueError(f"--model_max_length must be at least 1, got {self.model_max_length}")
         if self.use_lora and self.tune_llm:
             raise ValueError("--use_lora trains adapters instead of the full LLM: pass --tune_llm false with it")
         if self.merge_lora and not self.use_lora:

@@ -84,6 +84,13 @@ def check_line(text: str, prefix: Path, processor, model_max_length: int) -> tup
         content = message["content"]
         if isinstance(content, dict):
             content = dict(content)
+            if message["role"] == "assistant":
+                problems += [
+                    f"messages[{index}]: {kind} in an assistant turn: the model reads media but never writes them, "
+                    "so put it in the user turn before"
+                    for kind in MEDIA_KINDS
+                    if media_items(content.get(kind))
+                ]
             for kind in MEDIA_KINDS:
                 paths = []
                 for item in media_items(content.get(kind)):
@@ -135,16 +142,27 @@ def check_jsonl(path: str | Path, prefix: str | Path, processor, model_max_lengt
     return records, problems
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts and sizes: a bad value is refused by name before anything is loaded."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data_path", help="the finetuning JSONL, one conversation per line")
     parser.add_argument("--dataset_prefix", default=None, help="media root; default: the JSONL's folder")
     parser.add_argument("--model_path", required=True, help="checkpoint whose processor tokenizes the samples")
-    parser.add_argument("--model_max_length", type=int, default=2048,
+    parser.add_argument("--model_max_length", type=positive_int, default=2048,
                         help="longest sample in tokens, media included (default: 2048)")
-    parser.add_argument("--max_slice_nums", type=int, default=None,
+    parser.add_argument("--max_slice_nums", type=positive_int, default=None,
                         help="most slices per image (default: the checkpoint's, 9 for the release)")
-    parser.add_argument("--scale_resolution", type=int, default=None,
+    parser.add_argument("--scale_resolution", type=positive_int, default=None,
                         help="side of a slice in pixels (default: the checkpoint's, 448 for the release)")
     args = parser.parse_args(argv)
     from transformers import AutoProcessor

@@ -92,28 +92,31 @@ def _samples_from_array(samples: np.ndarray | torch.Tensor) -> np.ndarray:
         samples = samples.mean(axis=channel_axis)
     elif samples.ndim != 1:
         raise ValueError(f"audio array must be 1-D (mono) or 2-D (channels), got shape {tuple(samples.shape)}")
-    samples = np.asarray(samples, dtype=np.float32)
-    peak = float(np.abs(samples).max()) if samples.size and np.isfinite(samples).all() else 0.0
-    if peak > MAX_FLOAT_PEAK:
-        raise ValueError(
-            f"audio array must hold floating-point samples in [-1, 1], but its peak is {peak:g}: integer PCM stored "
-            "as floats? Divide int16 samples by 32768"
-        )
-    return samples
+    return np.asarray(samples, dtype=np.float32)
 
 
 def _check_samples(wave: np.ndarray, description: str) -> None:
-    """Reject waveforms that would silently produce garbage features further down."""
+    """Reject waveforms that would silently produce garbage features further down. One rule for every source: a
+    float WAV file holding peaks of 300 is the same mistake as an array holding them (libsndfile returns a float
+    file's samples unscaled), so files, bytes and arrays all go through the peak check here."""
     if wave.size == 0:
         raise ValueError(f"audio is empty (zero samples): {description}")
     if not np.isfinite(wave).all():
         raise ValueError(f"audio contains non-finite samples (NaN or inf): {description}")
+    peak = float(np.abs(wave).max())
+    if peak > MAX_FLOAT_PEAK:
+        raise ValueError(
+            f"audio must hold floating-point samples in [-1, 1], but its peak is {peak:g} ({description}): integer "
+            "PCM stored as floats? Divide int16 samples by 32768, or re-export the file as 16-bit PCM"
+        )
 
 
 def _decode_file(path: Path) -> tuple[np.ndarray, int]:
     """Decode with libsndfile; then librosa for the containers libsndfile should know, ffmpeg for the others."""
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"audio file is empty (zero bytes): {path}")
     with open(path, "rb") as file:
         _check_wav_is_complete(file.read(4096), path.stat().st_size, f"file {path}")
     try:

@@ -35,6 +35,7 @@ def validate_conversation(messages: object, add_generation_prompt: bool) -> Conv
         if role not in ROLES:
             raise ValueError(f"messages[{index}]: unknown role {role!r}; expected one of {', '.join(ROLES)}")
         if isinstance(content, str):
+            _check_unicode(content, index)
             has_content = content.strip() != ""
         elif isinstance(content, dict):
             unknown = sorted(set(content) - set(CONTENT_KEYS))
@@ -43,6 +44,7 @@ def validate_conversation(messages: object, add_generation_prompt: bool) -> Conv
             text = content.get("text")
             if text is not None and not isinstance(text, str):
                 raise ValueError(f"messages[{index}]: 'text' must be a string, got {type(text).__name__}")
+            _check_unicode(text or "", index)
             has_content = bool(text and text.strip()) or any(
                 media_items(content.get(kind)) for kind in ("image", "audio")
             )
@@ -64,6 +66,18 @@ def validate_conversation(messages: object, add_generation_prompt: bool) -> Conv
             "end it with a user turn"
         )
     return list(messages)
+
+
+def _check_unicode(text: str, index: int) -> None:
+    """A lone surrogate (from text decoded with errors="surrogateescape", or half of a broken UTF-16 pair) is not
+    Unicode text: the tokenizer cannot encode it, so name it and where it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"messages[{index}]: the text is not valid Unicode: lone surrogate {text[error.start]!r} at character "
+            f"{error.start}"
+        ) from None
 
 
 def template_view(messages: Conversation) -> Conversation:

@@ -50,8 +50,10 @@ class ImageTooLargeError(ValueError):
 
 
 def check_image_size(size: Size, described_as: str) -> None:
-    """Refuse images above MAX_IMAGE_PIXELS with the same message in every front end."""
+    """Refuse images above MAX_IMAGE_PIXELS, and images without pixels, with the same message in every front end."""
     width, height = size
+    if width < 1 or height < 1:
+        raise ValueError(f"empty image: {described_as} is {width}x{height}; an image needs at least one pixel")
     if width * height > MAX_IMAGE_PIXELS:
         raise ImageTooLargeError(
             f"image too large: {described_as} is {width}x{height} ({width * height:,} pixels); the limit is "

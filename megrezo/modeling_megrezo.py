@@ -218,6 +218,11 @@ class MegrezO(MegrezOPreTrainedModel):
         processor = processor or self.chat_processor()
         single = len(messages) > 0 and isinstance(messages[0], dict)
         conversations = [messages] if single else list(messages)
+        if streamer is not None and not all(callable(getattr(streamer, name, None)) for name in ("put", "end")):
+            raise ValueError(
+                f"streamer must be a transformers streamer (with put() and end()), e.g. TextIteratorStreamer, got "
+                f"{type(streamer).__name__}"
+            )
         if streamer is not None and len(conversations) != 1:
             raise ValueError(f"streamer= works with one conversation, got {len(conversations)}")
         batch = processor(conversations, add_generation_prompt=True, padding_side="left")

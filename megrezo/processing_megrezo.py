@@ -157,6 +157,7 @@ class MegrezOProcessor(ProcessorMixin):
         `max_length`: a sample is never truncated (see `prompt_layout.check_length`).
         """
         messages = validate_conversation(messages, add_generation_prompt)
+        self._check_text_size(messages, max_length if with_labels and max_length is not None else self.max_positions)
         if has_audio(messages):
             self._require_audio_tokens()
         media = decode_media(messages, self.process_image)
@@ -176,6 +177,25 @@ class MegrezOProcessor(ProcessorMixin):
         sample["audio_encoding"] = sample_audio_encoding(media.clips, prompt.runs, tokens, self.audio_clip_encoder)
         return sample
 
+    def _check_text_size(self, messages: Conversation, limit: int) -> None:
+        """Refuse text that cannot fit before tokenizing it (a 10 MB prompt takes a minute to tokenize): no token
+        spans more characters than the longest vocabulary entry, so the text holds at least characters / that
+        many tokens. A margin of 4 covers normalisers that merge characters (composed accents)."""
+        characters = sum(
+            len(content if isinstance(content, str) else content.get("text") or "")
+            for content in (message["content"] for message in messages)
+        )
+        if characters <= limit:
+            return
+        if getattr(self, "_longest_token_chars", None) is None:
+            self._longest_token_chars = max(len(token) for token in self.tokenizer.get_vocab())
+        fewest_tokens = characters // (4 * self._longest_token_chars)
+        if fewest_tokens > limit:
+            raise ValueError(
+                f"the conversation's text is {characters:,} characters, at least {fewest_tokens:,} tokens: longer "
+                f"than the {limit} positions allowed; shorten it"
+            )
+
     def data_collator(self, samples: Sequence[dict], padding_side: str = "left") -> MegrezOBatch:
         """Pad samples from `process_multimodal_inputs` into a `MegrezOBatch` (see `batch_collation.collate`)."""
         return collate(samples, self.token_ids[PAD], padding_side, self.image_processor.patch_size)
@@ -191,7 +211,12 @@ class MegrezOProcessor(ProcessorMixin):
         keywords (`with_labels`, `max_length`) go to `process_multimodal_inputs`."""
         if isinstance(conversations, list | tuple) and conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
-        if not isinstance(conversations, list | tuple) or not conversations:
+        if not isinstance(conversations, list | tuple):
+            raise ValueError(
+                "expected one conversation (a list of message dicts) or a list of them, got "
+                f"{type(conversations).__name__}; a text prompt is [{{'role': 'user', 'content': ...}}]"
+            )
+        if not conversations:
             raise ValueError("empty message list: pass one conversation (a list of message dicts) or a list of them")
         samples = []
         for index, conversation in enumerate(conversations):

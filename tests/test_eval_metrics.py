@@ -5,7 +5,7 @@ import pytest
 from eval.metrics.anls import anls
 from eval.metrics.asr import error_rate, normalize_transcript
 from eval.metrics.choice import extract_letter, rotate_options
-from eval.metrics.gsm8k import exact_match
+from eval.metrics.gsm8k import exact_match, numeric_match
 from eval.metrics.relaxed import relaxed_accuracy
 from eval.metrics.vqa import normalize_answer, vqa_accuracy
 from eval.requests import expand
@@ -40,6 +40,31 @@ def test_vqa_accuracy_follows_the_three_annotator_rule(matches, expected):
 def test_vqa_normalisation_makes_equal_answers_match(prediction, answer):
     assert normalize_answer(prediction) == normalize_answer(answer)
     assert vqa_accuracy(prediction, [answer]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "normalized"),
+    [
+        ("im", "im"),  # the official table's key is "Im", never matched after lower-casing
+        ("Ive", "ive"),
+        ("shed", "shed"),  # only "shed've" is in the table
+        ("shed've", "she'd've"),
+        ("somebody'd", "somebodyd"),  # the table's own entry
+        ("couldn'tve", "couldn't've"),
+        ("dont", "don't"),
+        ("whats", "what's"),
+    ],
+)
+def test_vqa_contractions_are_the_official_table(text, normalized):
+    assert normalize_answer(text) == normalized
+
+
+def test_vqa_accuracy_with_unmapped_contractions():
+    """"im here" does not become "i'm here": 3 annotators wrote "im here", 7 "i'm here", so the prediction "im here"
+    matches 3 (score 0.9 by the leave-one-out rule) and "I'm here" matches 7 (score 1)."""
+    answers = ["im here"] * 3 + ["i'm here"] * 7
+    assert vqa_accuracy("im here", answers) == pytest.approx(0.9)
+    assert vqa_accuracy("I'm here", answers) == 1.0
 
 
 def test_vqa_normalisation_keeps_what_differs():
@@ -80,6 +105,8 @@ def test_anls_takes_the_best_reference():
         ("45%", "0.45", 1.0),  # a percentage is read as a fraction
         ("0.46", "45%", 1.0),  # 2.2 % off 0.45
         ("45", "45%", 0.0),  # 45 is not 0.45
+        ("45%%", "0.45", 1.0),  # every trailing "%" goes, as in the official rstrip("%")
+        ("0.45", "45%%%", 1.0),
         ("0", "0", 1.0),  # a zero reference falls back to exact match
         ("0.0", "0", 0.0),
         ("Yes", "yes", 1.0),  # text: case-insensitive exact match
@@ -107,6 +134,12 @@ OPTIONS = ["cat", "dog", "bird", "fish"]
         ("A bird is shown.", "C"),  # "A" before a word is the article; the option text decides
         ("dog", "B"),
         ("It is a dog, not a cat", None),  # two option texts: undecided
+        ("A or B", None),  # two letters named: no pick
+        ("B, C", None),
+        ("B or C.", None),
+        ("The answer is B, not A.", None),
+        ("A and B are both wrong", None),
+        ("A dog.", "B"),  # the article before a lower-case word is still not an option
         ("E", None),  # not an option
         ("no idea", None),
     ],
@@ -145,7 +178,7 @@ REFERENCE = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether she sol
     ("prediction", "expected"),
     [
         ("She sold 48 and 24, so 72 in all. The answer is 72.", 1.0),
-        ("The answer is 72.0", 1.0),
+        ("The answer is 72.0", 0.0),  # the official comparison is of strings: "72.0" is not "72"
         ("The answer is 72 clips, sold in 2 months", 1.0),  # the number right after "answer is"
         ("48 + 24 = 72", 1.0),  # no phrase: the last number
         ("The answer is 24.", 0.0),
@@ -159,6 +192,26 @@ def test_gsm8k_final_answer_exact_match(prediction, expected):
 def test_gsm8k_numbers_lose_commas_and_dollar_signs():
     assert exact_match("The answer is $1,000.", ["#### 1000"]) == 1.0
     assert exact_match("The answer is -3", ["#### -3"]) == 1.0
+    assert exact_match("#### 1,234,567", ["#### 1234567"]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("prediction", "official", "lenient"),
+    [("The answer is 72.0", 0.0, 1.0), ("#### 72.00", 0.0, 1.0), ("#### 072", 0.0, 1.0), ("#### 72", 1.0, 1.0),
+     ("#### 73", 0.0, 0.0), ("no number", 0.0, 0.0)],
+)
+def test_gsm8k_numeric_match_is_the_lenient_variant(prediction, official, lenient):
+    assert exact_match(prediction, ["#### 72"]) == official
+    assert numeric_match(prediction, ["#### 72"]) == lenient
+
+
+def test_text_task_scores_officially_by_default_and_leniently_by_name():
+    requests = expand([Sample("a", ["#### 72"], "?"), Sample("b", ["#### 5"], "?")], circular=False)
+    predictions = ["The answer is 72.0", "The answer is 5"]
+    assert score("text", requests, predictions)[0]["headline"] == {"exact_match": 50.0}
+    assert score("text", requests, predictions, "numeric_match")[0]["headline"] == {"numeric_match": 100.0}
+    with pytest.raises(ValueError, match="--metric anls is not a metric of the text task"):
+        score("text", requests, predictions, "anls")
 
 
 # ---------------------------------------------------------------- speech recognition
@@ -187,6 +240,16 @@ def test_chinese_cer_after_traditional_to_simplified_and_punctuation_removal():
     result = error_rate(["今天天氣很好！"], ["今天天气不好"], "zh")  # one character of six differs
     assert result["metric"] == "cer"
     assert result["cer"] == pytest.approx(1 / 6)
+
+
+def test_chinese_cer_keeps_text_in_brackets():
+    """Only punctuation marks go: "(北京)" keeps 北京. Reference 我住在北京(首都) has 7 characters once the brackets
+    go; the hypothesis lacks 首都: 2 deletions, CER 2/7. (Whisper's basic normaliser deletes "(首都)" and would give
+    0.)"""
+    assert normalize_transcript("我住在北京（首都）。", "zh") == "我住在北京首都"
+    assert normalize_transcript("【新闻】今天, 天氣「很好」!", "zh") == "新闻今天天气很好"
+    result = error_rate(["我住在北京(首都)"], ["我住在北京"], "zh")
+    assert (result["cer"], result["deletions"], result["reference_units"]) == (pytest.approx(2 / 7), 2, 7)
 
 
 def test_references_that_normalise_to_nothing_are_counted_not_scored():

@@ -3,6 +3,7 @@ predictions equal to `model.chat` on conversations written out by hand, resume a
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from eval_sets import (
     vqa_set,
     write_jsonl,
 )
+from test_bad_input import png_header_only, truncated_wav
 
 from eval.cli import main
 from eval.metrics.asr import error_rate
@@ -190,7 +192,8 @@ def test_task_and_data_must_fit(tmp_path, capsys):
     data = text_set(tmp_path)
     message = run_error(capsys, "--task", "asr", "--data", str(data), "--model_path", "/nonexistent",
                         "--out", str(tmp_path / "out"))
-    assert "task asr needs an 'audio' file in every sample; 3 lack it" in message
+    assert "3 problem(s)" in message
+    assert all(f"line {line}: task asr needs an 'audio' file in every sample" in message for line in (1, 2, 3))
 
 
 def test_resuming_with_other_settings_is_refused(tiny_checkpoint, tmp_path, capsys):
@@ -208,9 +211,96 @@ def test_prompt_template_with_an_unknown_field_is_refused(tmp_path, capsys):
     assert "only {question} and {options} can be filled in" in message
 
 
-def test_an_unreadable_image_stops_the_run_with_its_path(tiny_checkpoint, tmp_path, capsys):
-    (tmp_path / "broken.png").write_bytes(b"not an image")
-    data = write_jsonl(tmp_path / "data.jsonl", [{"id": "b", "question": "?", "image": "broken.png", "answer": "x"}])
-    message = run_error(capsys, "--task", "vqa", "--data", str(data), "--model_path", str(tiny_checkpoint),
+def test_bad_media_are_skipped_with_their_lines_before_the_model_loads(tiny_checkpoint, tiny_model, tmp_path,
+                                                                        capsys):
+    """A truncated JPEG, a 12000x12000 PNG, text named .jpg and a truncated WAV are found by decoding before the
+    model loads; each is reported with its line and skipped, and the good samples around them are predicted."""
+    data = vqa_set(tmp_path, count=2)
+    good = read_jsonl(data)
+    jpeg = (tmp_path / good[0]["image"]).with_suffix(".jpg")
+    from PIL import Image
+
+    Image.open(tmp_path / good[0]["image"]).save(jpeg, quality=95)
+    (tmp_path / "cut.jpg").write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    (tmp_path / "huge.png").write_bytes(png_header_only(12000, 12000))
+    (tmp_path / "text.jpg").write_text("this is not an image")
+    (tmp_path / "cut.wav").write_bytes(truncated_wav(0.5))
+    bad = [{"id": "cut_jpeg", "image": "cut.jpg"}, {"id": "huge", "image": "huge.png"},
+           {"id": "text", "image": "text.jpg"}, {"id": "cut_wav", "image": good[0]["image"], "audio": "cut.wav"}]
+    records = [good[0], *({"question": "What colour?", "answer": "red", **item} for item in bad), good[1]]
+    write_jsonl(data, records)
+    capsys.readouterr()
+    metrics = evaluate("vqa", data, tiny_checkpoint, tmp_path / "out")
+    stderr = capsys.readouterr().err
+    skipped = [line for line in stderr.splitlines() if line.startswith("skipped: ")]
+    assert [line.split(" (id ")[0] for line in skipped] == [f"skipped: line {n}" for n in (2, 3, 4, 5)]
+    assert "corrupt or unsupported image" in skipped[0] and "cut.jpg" in skipped[0]
+    assert "image too large" in skipped[1]
+    assert "corrupt or unsupported image" in skipped[2] and "text.jpg" in skipped[2]
+    assert "truncated WAV audio" in skipped[3]
+    assert stderr.index(skipped[-1]) < stderr.index("predictions already in")  # before any model was loaded
+    assert metrics["samples"] == 2 and metrics["skipped"] == [line.removeprefix("skipped: ") for line in skipped]
+    assert predictions_by_id(tmp_path / "out") == dict(zip(["q0", "q1"], chat(tiny_model, [
+        [{"role": "user", "content": {"text": "What colour is the square?\nAnswer the question using a single word or "
+                                      "phrase.", "image": str(tmp_path / sample["image"])}}] for sample in good]),
+        strict=True))
+    assert "4 samples skipped" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_sample_the_model_refuses_is_skipped_and_its_batch_mates_answered(tiny_checkpoint, tiny_model, tmp_path,
+                                                                           capsys):
+    """A question too long for the model's positions shares a batch with a good one: only it is skipped (named
+    with its line), the good one is answered as `model.chat` answers it alone, and the next batch goes on."""
+    records = [{"id": "ok1", "question": "What is 2 + 2?", "answer": "#### 4"},
+               {"id": "long", "question": "sea " * 5000, "answer": "#### 1"},
+               {"id": "ok2", "question": "What is 3 + 3?", "answer": "#### 6"}]
+    data = write_jsonl(tmp_path / "data.jsonl", records)
+    capsys.readouterr()
+    metrics = evaluate("text", data, tiny_checkpoint, tmp_path / "out", "--batch_size", "2")
+    stderr = capsys.readouterr().err
+    assert re.search(r"skipped: line 2 \(id long\): prompt is \d+ tokens, longer than the model's 4096", stderr)
+    prompt = '{question}\nSolve it step by step, then give the final number after "The answer is".'
+    expected = chat(tiny_model, [[{"role": "user", "content": prompt.format(question=r["question"])}]
+                                 for r in (records[0], records[2])])
+    assert predictions_by_id(tmp_path / "out") == {"ok1": expected[0], "ok2": expected[1]}
+    assert metrics["samples"] == 2 and len(metrics["skipped"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b'{"id": "x", "question": "caf\xe9?", "answer": "a"}', "line 2: not valid UTF-8 (byte 0xe9 at column 29); save the file as UTF-8"),
+        (b'{"id": "x", "answer": "a"}', "line 2: task vqa needs a 'question' in every sample"),
+        (b'{"id": ["x"], "question": "?", "answer": "a"}', "line 2: 'id' must be a string or a whole number, got list ['x']"),
+    ],
+    ids=["not-utf8", "no-question", "id-list"],
+)
+def test_a_bad_line_is_one_line_with_its_number(tmp_path, capsys, line, expected):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b'{"id": "ok", "question": "?", "answer": "a"}\n' + line + b"\n")
+    message = run_error(capsys, "--task", "vqa", "--data", str(data), "--model_path", "/nonexistent",
                         "--out", str(tmp_path / "out"))
-    assert "generation stopped after 0 of 1 predictions" in message and "broken.png" in message
+    assert message == f"error: {data}: {expected}"
+
+
+def test_a_missing_model_path_and_an_out_file_are_named(tiny_checkpoint, tmp_path, capsys):
+    data = text_set(tmp_path)
+    message = run_error(capsys, "--task", "text", "--data", str(data), "--model_path", str(tmp_path / "typo"),
+                        "--out", str(tmp_path / "out"))
+    assert message == f"error: --model_path {tmp_path / 'typo'}: no such folder (give the checkpoint folder, with " \
+                      "config.json)"
+    (tmp_path / "results.txt").write_text("")
+    message = run_error(capsys, "--task", "text", "--data", str(data), "--model_path", str(tiny_checkpoint),
+                        "--out", str(tmp_path / "results.txt"))
+    assert message == f"error: --out {tmp_path / 'results.txt'} is a file; --out names a folder (a new one, or an " \
+                      "earlier run's to resume)"
+
+
+def test_a_metric_of_another_task_is_refused(tmp_path, capsys):
+    data = text_set(tmp_path)
+    message = run_error(capsys, "--task", "text", "--data", str(data), "--model_path", "/nonexistent",
+                        "--out", str(tmp_path / "out"), "--metric", "anls")
+    assert message == "error: --metric anls is not a metric of the text task: use one of exact_match, numeric_match"
+    message = run_error(capsys, "--task", "choice", "--data", str(data), "--model_path", "/nonexistent",
+                        "--out", str(tmp_path / "out"), "--metric", "numeric_match")
+    assert message == "error: --metric numeric_match: the choice task has one metric and takes no --metric"

@@ -1,11 +1,14 @@
 """Speech recognition error rates as Fleurs, WenetSpeech and LibriSpeech results are reported.
 
 English: WER after Whisper's English normaliser (spelling, numbers, contractions, punctuation). Chinese: CER after
-Traditional->Simplified conversion (OpenCC `t2s`), Whisper's basic normaliser (drops punctuation and symbols) and
-removal of all spaces, so characters are the units. Other languages: WER after Whisper's basic normaliser.
+Traditional->Simplified conversion (OpenCC `t2s`), lower-casing and removal of the punctuation marks (Unicode
+category P) and all spaces, so characters are the units; text inside brackets is kept ("北京(首都)" scores as
+"北京首都"), where Whisper's basic normaliser would delete it. Other languages: WER after Whisper's basic
+normaliser.
 Rates are corpus-level: all edits over all reference units, not a mean of per-utterance rates.
 """
 
+import unicodedata
 from functools import cache
 
 import jiwer
@@ -41,7 +44,8 @@ def normalize_transcript(text: str, language: str) -> str:
     if language == "en":
         return " ".join(_english_normalizer()(text).split())
     if language == "zh":
-        return "".join(_basic_normalizer()(_to_simplified().convert(text)).split())
+        simplified = _to_simplified().convert(text).lower()
+        return "".join(char for char in simplified if not unicodedata.category(char).startswith("P") and not char.isspace())
     return " ".join(_basic_normalizer()(text).split())
 
 

@@ -1,7 +1,7 @@
 """ChartQA relaxed accuracy: numbers may be off by up to 5 % of the reference; other answers must match exactly.
 
-Following the ChartQA paper's definition as published with Pix2Struct: an answer ending in "%" is read as that
-percentage divided by 100, so "45%" and "0.45" agree and "45%" and "45" do not; a reference of 0 or a non-numeric
+Following the ChartQA paper's definition as published with Pix2Struct: an answer ending in "%" loses every trailing
+"%" and is read as that percentage divided by 100 ("45%%" is 0.45), so "45%" and "0.45" agree and "45%" and "45" do not; a reference of 0 or a non-numeric
 reference falls back to a case-insensitive exact match. Texts are stripped of surrounding whitespace first. With
 several references the best one counts.
 """
@@ -11,7 +11,7 @@ MAX_RELATIVE_CHANGE = 0.05
 
 def _to_number(text: str) -> float | None:
     try:
-        return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        return float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
     except ValueError:
         return None
 

@@ -3,7 +3,8 @@
 Normalisation (the VQA evaluation's answer processing): newlines and tabs become spaces; punctuation is removed, or
 replaced by a space where it does not touch a space and the text has no digit-comma-digit group; a period is
 removed unless a digit follows it; then, word by word, lower case, number words up to ten become digits, the
-articles a/an/the are dropped and apostrophe-less contractions get their apostrophes back ("dont" -> "don't").
+articles a/an/the are dropped and the contractions of the official table get their apostrophes back ("dont" ->
+"don't"; the table is used as published, so "im" and "shed" stay as they are).
 Both the prediction and every annotator answer are normalised.
 
 Accuracy: an answer that k annotators gave scores min(k / 3, 1), averaged over the 10 leave-one-annotator-out
@@ -11,7 +12,6 @@ subsets as the evaluation server does, so with 10 answers 1 match scores 0.3, 2 
 more score 1. An item with a single reference answer is scored by exact match after normalisation.
 """
 
-import itertools
 import re
 
 PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
@@ -20,28 +20,37 @@ NUMBER_WORDS = {
     "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }
 ARTICLES = {"a", "an", "the"}
-CONTRACTIONS = """ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've hasn't
-haven't he'd he'd've he's how'd how'll how's i'd i'd've i'm i've isn't it'd it'd've it'll let's ma'am mightn't
-mightn't've might've mustn't must've needn't not've o'clock oughtn't shan't she'd've she'd she's should've
-shouldn't shouldn't've somebody'd somebody'd've somebody'll somebody's someone'd someone'd've someone'll someone's
-something'd something'd've something'll that's there'd there'd've there're there's they'd they'd've they'll
-they're they've wasn't we'd've we'd we're we've weren't what'll what're what's what've when's where'd where's
-where've who'd who'd've who'll who're who's who've why'll why're why's won't would've wouldn't wouldn't've y'all
-y'all'll y'all'd've you'd you'd've you'll you're you've""".split()
-
-
-def _spellings_without_apostrophes(contraction: str) -> set[str]:
-    """Every spelling of the contraction with some (at least one) of its apostrophes left out."""
-    parts = contraction.split("'")
-    spellings = set()
-    for joins in itertools.product(["'", ""], repeat=len(parts) - 1):
-        spelling = parts[0] + "".join(join + part for join, part in zip(joins, parts[1:], strict=True))
-        if spelling != contraction:
-            spellings.add(spelling)
-    return spellings
-
-
-CONTRACTION_OF = {spelling: c for c in CONTRACTIONS for spelling in _spellings_without_apostrophes(c)}
+CONTRACTION_OF = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
+    "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
+    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll",
+    "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't", "itd": "it'd",
+    "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
+    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't",
+    "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've",
+    "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
+    "somethingd've": "something'd've", "something'dve": "something'd've", "somethingll": "something'll",
+    "thats": "that's", "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
+    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
+    "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've",
+    "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
+}
+"""The official evaluation's contraction table, entry for entry, quirks included: it is looked up after lower-casing,
+so its capitalised keys ("Im", "Ive", ...) never apply, "shed" is not mapped (only "shed've"), and "somebody'd"
+becomes "somebodyd"."""
 _DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
 _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
 
