@@ -118,7 +118,8 @@ def test_validator_refuses_a_bad_model_max_length_before_loading(tmp_path, value
 
 def test_finetune_arguments_refuse_a_bad_model_max_length():
     sys.path.append(str(ROOT / "finetune"))
-    from arguments import DataArguments, FinetuneArguments
+    from arguments import DataArguments
+    from training_arguments import FinetuneArguments
 
     with pytest.raises(ValueError, match="--model_max_length must be at least 1, got -5"):
         FinetuneArguments(output_dir="unused", model_max_length=-5)
