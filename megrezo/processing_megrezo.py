@@ -19,14 +19,16 @@ imports from the standard library, numpy, torch, transformers and its own packag
 """
 
 import bisect
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import ProcessorMixin, WhisperFeatureExtractor
+from transformers import AutoTokenizer, ProcessorMixin, WhisperFeatureExtractor
 
+from .audio_lengths import conv_frames  # noqa: F401  (module cache, see compat.py)
 from .audio_processing import (
     MEL_BINS,
     SAMPLING_RATE,
@@ -37,6 +39,7 @@ from .audio_processing import (
 )
 from .batch_format import AudioEncoding, ImageEncoding, MegrezOBatch
 from .chat_template import CHAT_TEMPLATE
+from .compat import HUB_KWARGS, read_saved_file, write_release_tokenizer_files
 from .image_processing_megrezo import MegrezOImageProcessor, ProcessedImage, pad_slices
 from .special_tokens import (
     AUDIO_END,
@@ -57,6 +60,9 @@ IMAGE_PLACEHOLDER = "(<image>./</image>)"
 AUDIO_PLACEHOLDER = "(<audio>./</audio>)"
 ROLES = ("system", "user", "assistant")
 CONTENT_KEYS = ("text", "image", "audio")
+WHISPER_SETTINGS = ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft", "padding_value",
+                    "dither", "return_attention_mask")
+"""The saved `WhisperFeatureExtractor` settings that its constructor takes."""
 IGNORE_INDEX = -100
 """Label value that transformers' cross-entropy skips."""
 
@@ -157,12 +163,17 @@ def template_view(messages: Conversation) -> Conversation:
 class MegrezOProcessor(ProcessorMixin):
     """Tokenizer, image processor and Whisper feature extractor of Megrez-3B-Omni behind one call.
 
-    Sub-processors, as transformers' `ProcessorMixin` finds them from the `__init__` parameter names:
-    `image_processor` (`MegrezOImageProcessor`, loaded through `AutoImageProcessor` from preprocessor_config.json),
-    `tokenizer`, and `audio_feature_extractor`, a transformers `WhisperFeatureExtractor` (128 mel bins, 16 kHz)
-    saved inside processor_config.json. A checkpoint without processor_config.json (the release) gets a fresh one
-    built from those settings. Placeholder token strings and the position limit are saved with the processor.
+    Sub-processors: `image_processor` (`MegrezOImageProcessor`, from preprocessor_config.json), `tokenizer`, and
+    `audio_feature_extractor`, a transformers `WhisperFeatureExtractor` (128 mel bins, 16 kHz) saved inside
+    processor_config.json. A checkpoint without processor_config.json (the release) gets a fresh one built from
+    those settings. Placeholder token strings and the position limit are saved with the processor.
     """
+
+    # transformers 4.x finds the sub-processors from these; 5.x from the `__init__` parameter names.
+    attributes = ["image_processor", "tokenizer", "audio_feature_extractor"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+    audio_feature_extractor_class = "WhisperFeatureExtractor"
 
     def __init__(
         self,
@@ -187,17 +198,31 @@ class MegrezOProcessor(ProcessorMixin):
         self.token_ids = self._special_token_ids()
 
     @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        """A checkpoint with only preprocessor_config.json (the release) has no saved Whisper settings: use the
-        contract's (128 mel bins, 16 kHz)."""
-        processor_dict = dict(processor_dict or {})
-        if "audio_feature_extractor" not in processor_dict:
-            processor_dict["audio_feature_extractor"] = {
-                "feature_extractor_type": "WhisperFeatureExtractor",
-                "feature_size": MEL_BINS,
-                "sampling_rate": SAMPLING_RATE,
-            }
-        return super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "MegrezOProcessor":
+        """Loads the three parts itself, the same way in every transformers version (each version's ProcessorMixin
+        finds sub-processors differently): the image processor from preprocessor_config.json, the tokenizer, and the
+        Whisper settings and placeholder strings from processor_config.json, or the contract's (128 mel bins,
+        16 kHz) for a checkpoint without one (the release). Keywords override the saved settings."""
+        kwargs.pop("trust_remote_code", None)
+        kwargs.pop("_from_auto", None)
+        hub = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
+        saved = json.loads(read_saved_file(pretrained_model_name_or_path, "processor_config.json", hub) or "{}")
+        whisper = saved.get("audio_feature_extractor") or {"feature_size": MEL_BINS, "sampling_rate": SAMPLING_RATE}
+        whisper = {key: value for key, value in whisper.items() if key in WHISPER_SETTINGS}
+        chat_template = read_saved_file(pretrained_model_name_or_path, "chat_template.jinja", hub)
+        settings = {key: saved[key] for key in ("audio_start_token", "audio_end_token", "max_positions") if key in saved}
+        return cls(
+            MegrezOImageProcessor.from_pretrained(pretrained_model_name_or_path, **hub),
+            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub),
+            WhisperFeatureExtractor(**whisper),
+            **({"chat_template": chat_template} if chat_template else {}) | settings | kwargs,
+        )
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """transformers' save, with the tokenizer's config under the field names every version reads."""
+        saved = super().save_pretrained(save_directory, **kwargs)
+        write_release_tokenizer_files(save_directory)
+        return saved
 
     def _special_token_ids(self) -> dict[str, int | None]:
         """Ids of the layout's tokens, from the tokenizer (a token it does not know must not silently become unk).
