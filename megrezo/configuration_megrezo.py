@@ -5,7 +5,11 @@ and audio settings, so `MegrezOConfig` is a `LlamaConfig` with two sub-configs a
 lets the same config object drive transformers' `LlamaForCausalLM` unchanged.
 """
 
-from transformers import LlamaConfig, PreTrainedConfig, SiglipVisionConfig
+import json
+
+from transformers import LlamaConfig, SiglipVisionConfig
+
+from .compat import PreTrainedConfig, legacy_rope_kwargs, release_config_fields
 
 
 class MegrezOAudioConfig(PreTrainedConfig):
@@ -13,14 +17,27 @@ class MegrezOAudioConfig(PreTrainedConfig):
 
     model_type = "megrezo_audio"
 
-    n_mels: int = 128
-    n_ctx: int = 1500
-    n_state: int = 1280
-    n_head: int = 20
-    n_layer: int = 32
-    output_dim: int = 2560
-    avg_pool: bool = True
-    add_audio_bos_eos_token: bool = True
+    def __init__(
+        self,
+        n_mels: int = 128,
+        n_ctx: int = 1500,
+        n_state: int = 1280,
+        n_head: int = 20,
+        n_layer: int = 32,
+        output_dim: int = 2560,
+        avg_pool: bool = True,
+        add_audio_bos_eos_token: bool = True,
+        **kwargs,
+    ):
+        self.n_mels = n_mels
+        self.n_ctx = n_ctx
+        self.n_state = n_state
+        self.n_head = n_head
+        self.n_layer = n_layer
+        self.output_dim = output_dim
+        self.avg_pool = avg_pool
+        self.add_audio_bos_eos_token = add_audio_bos_eos_token
+        super().__init__(**kwargs)
 
 
 class MegrezOConfig(LlamaConfig):
@@ -31,38 +48,54 @@ class MegrezOConfig(LlamaConfig):
       width 2560 are `hidden_size // 128`, which is the default.
     - `audio_start_token` / `audio_end_token`: the strings around an audio span. Not recovered from the release
       (a [choice] of docs/contract.md); the tokenizer of a checkpoint decides the ids.
+
+    Written out (config.json) with the release's field names, which every transformers version
+    reads (compat.py).
     """
 
     model_type = "megrezo"
     sub_configs = {"vision_config": SiglipVisionConfig, "audio_config": MegrezOAudioConfig}
 
-    vision_config: dict | SiglipVisionConfig | None = None
-    audio_config: dict | MegrezOAudioConfig | None = None
-    query_num: int = 64
-    patch_size: int = 14
-    vision_batch_size: int = 8
-    drop_vision_last_layer: bool = False
-    max_sequence_length: int = 4096
-    resampler_num_heads: int | None = None
-    audio_start_token: str = "<|audio_start|>"
-    audio_end_token: str = "<|audio_end|>"
-
-    def __post_init__(self, **kwargs):
-        if self.vision_config is None:
-            self.vision_config = SiglipVisionConfig(
+    def __init__(
+        self,
+        vision_config: dict | SiglipVisionConfig | None = None,
+        audio_config: dict | MegrezOAudioConfig | None = None,
+        query_num: int = 64,
+        patch_size: int = 14,
+        vision_batch_size: int = 8,
+        drop_vision_last_layer: bool = False,
+        max_sequence_length: int = 4096,
+        resampler_num_heads: int | None = None,
+        audio_start_token: str = "<|audio_start|>",
+        audio_end_token: str = "<|audio_end|>",
+        **kwargs,
+    ):
+        if vision_config is None:
+            vision_config = SiglipVisionConfig(
                 hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
                 patch_size=14, image_size=980, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6,
             )
-        elif isinstance(self.vision_config, dict):
-            vision = {k: v for k, v in self.vision_config.items() if k != "model_type"}
-            self.vision_config = SiglipVisionConfig(**vision)
-        if self.audio_config is None:
-            self.audio_config = MegrezOAudioConfig()
-        elif isinstance(self.audio_config, dict):
-            self.audio_config = MegrezOAudioConfig(**self.audio_config)
-        if self.resampler_num_heads is None:
-            self.resampler_num_heads = max(self.hidden_size // 128, 1)
-        super().__post_init__(**kwargs)
+        elif isinstance(vision_config, dict):
+            vision_config = SiglipVisionConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
+        if audio_config is None:
+            audio_config = MegrezOAudioConfig()
+        elif isinstance(audio_config, dict):
+            audio_config = MegrezOAudioConfig(**{k: v for k, v in audio_config.items() if k != "model_type"})
+        self.vision_config = vision_config
+        self.audio_config = audio_config
+        self.query_num = query_num
+        self.patch_size = patch_size
+        self.vision_batch_size = vision_batch_size
+        self.drop_vision_last_layer = drop_vision_last_layer
+        self.max_sequence_length = max_sequence_length
+        self.audio_start_token = audio_start_token
+        self.audio_end_token = audio_end_token
+        super().__init__(**legacy_rope_kwargs(kwargs))
+        self.resampler_num_heads = resampler_num_heads or max(self.hidden_size // 128, 1)
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        return json.dumps(release_config_fields(json.loads(super().to_json_string(use_diff))), indent=2,
+                          sort_keys=True) + "\n"
 
 
 MegrezOConfig.register_for_auto_class()

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor
 from transformers.processing_utils import ImagesKwargs
 
+from .audio_lengths import conv_frames  # noqa: F401  (module cache, see compat.py)
 from .batch_format import ImageEncoding
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray | bytes | bytearray

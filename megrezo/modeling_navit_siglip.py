@@ -9,8 +9,9 @@ table learned at 980x980.
 import torch
 from torch import nn
 from transformers import SiglipVisionConfig
-from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.siglip.modeling_siglip import SiglipEncoder
+
+from .compat import bidirectional_attention_mask
 
 
 def bucketed_position_ids(rows: int, cols: int, grid_side: int, device: torch.device) -> torch.Tensor:
@@ -64,8 +65,6 @@ class NavitSiglipVisionTransformer(nn.Module):
     ) -> torch.Tensor:
         """Normalised strips [N, 3, 14, P*14] -> patch features [N, P, hidden]; padded patches are masked out."""
         hidden = self.embeddings(pixel_values, tgt_sizes)
-        mask = create_bidirectional_mask(
-            config=self.config, inputs_embeds=hidden, attention_mask=patch_attention_mask.reshape(hidden.shape[0], -1)
-        )
+        mask = bidirectional_attention_mask(self.config, hidden, patch_attention_mask.reshape(hidden.shape[0], -1))
         hidden = self.encoder(inputs_embeds=hidden, attention_mask=mask).last_hidden_state
         return self.post_layernorm(hidden)

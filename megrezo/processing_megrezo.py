@@ -15,15 +15,18 @@ torch, transformers and its own package; it imports every module of the processo
 transformers versions copy only an entry file's direct relative imports into their module cache.
 """
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
-from transformers import ProcessorMixin, WhisperFeatureExtractor
+from transformers import AutoTokenizer, ProcessorMixin, WhisperFeatureExtractor
 
+from .audio_lengths import conv_frames  # noqa: F401  (module cache, see compat.py)
 from .audio_processing import MEL_BINS, SAMPLING_RATE, AudioFeatureExtractor
 from .batch_collation import collate, sample_audio_encoding, sample_image_encoding
 from .batch_format import MegrezOBatch
 from .chat_template import CHAT_TEMPLATE
+from .compat import HUB_KWARGS, read_saved_file, write_release_tokenizer_files
 from .conversation import Conversation, validate_conversation
 from .conversation_media import decode_audio_item, decode_media, has_audio
 from .image_processing_megrezo import MegrezOImageProcessor, ProcessedImage
@@ -44,16 +47,25 @@ from .special_tokens import (
 )
 from .training_labels import assistant_char_ranges, assistant_labels
 
+WHISPER_SETTINGS = ("feature_size", "sampling_rate", "hop_length", "chunk_length", "n_fft", "padding_value",
+                    "dither", "return_attention_mask")
+"""The saved `WhisperFeatureExtractor` settings that its constructor takes."""
+
 
 class MegrezOProcessor(ProcessorMixin):
     """Tokenizer, image processor and Whisper feature extractor of Megrez-3B-Omni behind one call.
 
-    Sub-processors, as transformers' `ProcessorMixin` finds them from the `__init__` parameter names:
-    `image_processor` (`MegrezOImageProcessor`, loaded through `AutoImageProcessor` from preprocessor_config.json),
-    `tokenizer`, and `audio_feature_extractor`, a transformers `WhisperFeatureExtractor` (128 mel bins, 16 kHz)
-    saved inside processor_config.json. A checkpoint without processor_config.json (the release) gets a fresh one
-    built from those settings. Placeholder token strings and the position limit are saved with the processor.
+    Sub-processors: `image_processor` (`MegrezOImageProcessor`, from preprocessor_config.json), `tokenizer`, and
+    `audio_feature_extractor`, a transformers `WhisperFeatureExtractor` (128 mel bins, 16 kHz) saved inside
+    processor_config.json. A checkpoint without processor_config.json (the release) gets a fresh one built from
+    those settings. Placeholder token strings and the position limit are saved with the processor.
     """
+
+    # transformers 4.x finds the sub-processors from these; 5.x from the `__init__` parameter names.
+    attributes = ["image_processor", "tokenizer", "audio_feature_extractor"]
+    image_processor_class = "AutoImageProcessor"
+    tokenizer_class = "AutoTokenizer"
+    audio_feature_extractor_class = "WhisperFeatureExtractor"
 
     def __init__(
         self,
@@ -78,17 +90,31 @@ class MegrezOProcessor(ProcessorMixin):
         self.token_ids = self._special_token_ids()
 
     @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        """A checkpoint with only preprocessor_config.json (the release) has no saved Whisper settings: use the
-        contract's (128 mel bins, 16 kHz)."""
-        processor_dict = dict(processor_dict or {})
-        if "audio_feature_extractor" not in processor_dict:
-            processor_dict["audio_feature_extractor"] = {
-                "feature_extractor_type": "WhisperFeatureExtractor",
-                "feature_size": MEL_BINS,
-                "sampling_rate": SAMPLING_RATE,
-            }
-        return super()._get_arguments_from_pretrained(pretrained_model_name_or_path, processor_dict, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "MegrezOProcessor":
+        """Loads the three parts itself, the same way in every transformers version (each version's ProcessorMixin
+        finds sub-processors differently): the image processor from preprocessor_config.json, the tokenizer, and the
+        Whisper settings and placeholder strings from processor_config.json, or the contract's (128 mel bins,
+        16 kHz) for a checkpoint without one (the release). Keywords override the saved settings."""
+        kwargs.pop("trust_remote_code", None)
+        kwargs.pop("_from_auto", None)
+        hub = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
+        saved = json.loads(read_saved_file(pretrained_model_name_or_path, "processor_config.json", hub) or "{}")
+        whisper = saved.get("audio_feature_extractor") or {"feature_size": MEL_BINS, "sampling_rate": SAMPLING_RATE}
+        whisper = {key: value for key, value in whisper.items() if key in WHISPER_SETTINGS}
+        chat_template = read_saved_file(pretrained_model_name_or_path, "chat_template.jinja", hub)
+        settings = {key: saved[key] for key in ("audio_start_token", "audio_end_token", "max_positions") if key in saved}
+        return cls(
+            MegrezOImageProcessor.from_pretrained(pretrained_model_name_or_path, **hub),
+            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **hub),
+            WhisperFeatureExtractor(**whisper),
+            **({"chat_template": chat_template} if chat_template else {}) | settings | kwargs,
+        )
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """transformers' save, with the tokenizer's config under the field names every version reads."""
+        saved = super().save_pretrained(save_directory, **kwargs)
+        write_release_tokenizer_files(save_directory)
+        return saved
 
     def _special_token_ids(self) -> dict[str, int | None]:
         """Ids of the layout's tokens, from the tokenizer (a token it does not know must not silently become unk).
