@@ -17,16 +17,21 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .audio import AudioEncoder, AudioTower, whisper_sinusoids
 from .audio_lengths import conv_frames  # noqa: F401  (module cache, see compat.py)
 from .audio_processing import load_audio  # noqa: F401  (module cache, see compat.py)
+from .batch_collation import collate  # noqa: F401  (module cache, see compat.py)
 from .batch_format import MegrezOBatch, validate_audio_encoding, validate_image_encoding
 from .chat_template import CHAT_TEMPLATE  # noqa: F401  (module cache, see compat.py)
 from .compat import weight_init as init
 from .configuration_megrezo import MegrezOConfig
+from .conversation import validate_conversation  # noqa: F401  (module cache, see compat.py)
+from .conversation_media import decode_media  # noqa: F401  (module cache, see compat.py)
 from .cpu_kernels import copy_off_checkpoint_file, use_cpu_kernels
 from .image_processing_megrezo import MegrezOImageProcessor  # noqa: F401  (module cache, see compat.py)
 from .modeling_navit_siglip import NavitSiglipVisionTransformer  # noqa: F401  (module cache, see compat.py)
 from .processing_megrezo import MegrezOProcessor
+from .prompt_layout import expand_placeholders  # noqa: F401  (module cache, see compat.py)
 from .resampler import Resampler
 from .special_tokens import EOS, PAD, TURN_END
+from .training_labels import assistant_labels  # noqa: F401  (module cache, see compat.py)
 from .vision import VisionTower
 
 
