@@ -1,7 +1,7 @@
 """Chat with Megrez-3B-Omni through transformers: one turn with a picture, a spoken question and text, then a
 text-only follow-up that refers back to them.
 
-    python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--stream]
+    python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--stream]
                               [--quant int8]
 
 Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
@@ -16,20 +16,19 @@ from pathlib import Path
 import torch
 from transformers import TextIteratorStreamer
 
-from megrezo.loading import load_chat_model
+from megrezo.loading import DTYPE_CHOICES, DTYPE_HELP, dtype_from_name, load_chat_model
 from megrezo.quantization import QUANTIZATIONS
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 IMAGE_PATH = DATA_DIR / "sample_image.jpg"
 AUDIO_PATH = DATA_DIR / "sample_audio.wav"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_path", help="checkpoint folder (default: the tiny random checkpoint)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on cuda, else float32")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
     parser.add_argument("--stream", action="store_true", help="print the reply while it is generated")
     parser.add_argument("--max_new_tokens", type=int, default=64)
@@ -57,11 +56,10 @@ def reply(model, messages: list[dict], stream: bool, max_new_tokens: int) -> str
 
 def main() -> None:
     args = parse_args()
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     from megrezo.tiny import model_path_or_tiny
 
     model_path = model_path_or_tiny(args.model_path)
-    model = load_chat_model(model_path, args.device, dtype, args.quant)
+    model = load_chat_model(model_path, args.device, dtype_from_name(args.dtype), args.quant)
 
     messages = [
         {

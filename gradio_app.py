@@ -42,7 +42,7 @@ from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 from megrezo.audio_processing import load_audio  # noqa: E402
 from megrezo.image_processing_megrezo import load_image  # noqa: E402
-from megrezo.loading import load_chat_model  # noqa: E402
+from megrezo.loading import DTYPE_CHOICES, DTYPE_HELP, dtype_from_name, load_chat_model  # noqa: E402
 from megrezo.quantization import QUANTIZATIONS  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -411,14 +411,7 @@ def parse_bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """`auto`: bfloat16 on a GPU (the release's dtype), float32 on the CPU, where bfloat16 matmuls are slow."""
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, name)
-
-
-def load_engine(model_path: str | Path, device: str, dtype: torch.dtype, quant: str | None = None) -> ChatEngine:
+def load_engine(model_path: str | Path, device: str, dtype: torch.dtype | str, quant: str | None = None) -> ChatEngine:
     model = load_chat_model(model_path, device, dtype, quant)
     return ChatEngine(model, model.chat_processor())
 
@@ -431,8 +424,7 @@ def main() -> None:
     parser.add_argument("--share", type=parse_bool, default=False, help="true: also open a public gradio.live link")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the model runs (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="auto: bfloat16 on a GPU, float32 on the CPU")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
@@ -444,7 +436,7 @@ def main() -> None:
         from megrezo.tiny import cached_tiny_checkpoint
 
         model_path, notice = cached_tiny_checkpoint(), RANDOM_WEIGHTS_NOTICE
-    engine = load_engine(model_path, args.device, resolve_dtype(args.dtype, args.device), args.quant)
+    engine = load_engine(model_path, args.device, dtype_from_name(args.dtype), args.quant)
     private_upload_folder()
     # SIGTERM ends the app like Ctrl-C does, so the upload folder is removed on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
