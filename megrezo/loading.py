@@ -39,9 +39,9 @@ def load_chat_model(model_path: str | Path, device: str = "cpu", dtype: torch.dt
         plan = cpu_plan("bfloat16" if dtype == torch.bfloat16 else "fastest")
         if dtype == torch.bfloat16 and not plan.native_bf16:
             warnings.warn(
-                f"This CPU (class {plan.cpu_class}) has no bfloat16 instructions, so bfloat16 arithmetic is emulated "
-                "and images, audio and long prompts take several times longer. dtype 'auto' (--dtype auto, the "
-                "default) keeps the weights in bfloat16 and computes in float32 where that is faster.",
+                f"This CPU (class {plan.cpu_class}) lacks AVX512-BF16 and AMX, so torch multiplies bfloat16 slowly "
+                "here: images, audio and long prompts take several times longer than with dtype 'auto' (--dtype auto, "
+                "the default), which keeps the weights in bfloat16 and computes in float32 where that is faster.",
                 stacklevel=2)
         model.use_cpu_kernels(plan)
     return model
