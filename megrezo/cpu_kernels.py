@@ -57,7 +57,8 @@ def conversion_buffer(dtype: torch.dtype, numel: int) -> torch.Tensor:
     which a fresh allocation of the size of a weight pays on every call."""
     buffers = _buffers.__dict__.setdefault("by_dtype", {})
     if dtype not in buffers or buffers[dtype].numel() < numel:
-        buffers[dtype] = torch.empty(numel, dtype=dtype)
+        with torch.inference_mode(False):  # an ordinary tensor: writable inside and outside inference mode
+            buffers[dtype] = torch.empty(numel, dtype=dtype)
     return buffers[dtype][:numel]
 
 
