@@ -1,9 +1,11 @@
 """Each CPU choice of megrezo/cpu_plan.py side by side at the release's dimensions, in one process: the vision tower
 on slices of the authors' 720x1480 image, and language-model decoder layers on a 640-position prefill and on
-one-token decode steps, against the matrix-multiply peak and the memory bandwidth measured in the same run.
+one-token decode steps, against the matrix-multiply peak and the memory bandwidth measured in the same run. The
+choices of a part are timed in alternating rounds (the best of each is kept), so that load from other work meets
+them alike: read the ratios.
 
     python bench/cpu_choices.py                         # this CPU, every slice of the image
-    MEGREZO_CPU_CLASS=avx2 python bench/cpu_choices.py --slices 1   # the plan of an AVX2 CPU, on this one
+    MEGREZO_CPU_CLASS=avx2 python bench/cpu_choices.py --slices 1 --vision-layers 4   # an AVX2 CPU's plan here
 
 The parts are built alone with random weights (the vision tower, 0.8 GB in bfloat16, and `--layers` decoder layers
 of the language model, 0.14 GB each), so a run needs about 4 GB and no checkpoint. Choices per part:
@@ -47,10 +49,9 @@ ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRU
 PEAK_SHAPE = (640, 2560, 7168)
 
 
-def best_seconds(fn, repeats: int, warm_up: bool = True) -> float:
-    """The best of `repeats` timed calls, after one untimed call unless `warm_up` is false (for calls of minutes)."""
-    if warm_up:
-        fn()
+def best_seconds(fn, repeats: int) -> float:
+    """The best of `repeats` timed calls, after one untimed call."""
+    fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -102,24 +103,30 @@ def image_slices(count: int) -> dict:
             "tgt_sizes": encoding["tgt_sizes"][:count], "total_slices": total}
 
 
-def vision_choices(cfg, slices: dict, plan) -> list[dict]:
+def alternating_best(variants: dict, run, rounds: int) -> dict[str, float]:
+    """The best seconds of `run(module)` per variant over `rounds` rounds that take the variants in turn, so that a
+    change in the machine's load meets every variant alike."""
+    best = {name: float("inf") for name in variants}
+    for _ in range(rounds):
+        for name, module in variants.items():
+            start = time.perf_counter()
+            with torch.inference_mode():
+                run(module)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def vision_choices(cfg, slices: dict, plan, rounds: int) -> list[dict]:
     from megrezo.vision import VisionTower
 
     torch.manual_seed(0)
     tower = VisionTower(cfg).to(torch.bfloat16).eval()
-    variants = {
-        "bfloat16": lambda: tower,
-        "float32 from bfloat16 weights": lambda: prepared(tower, PartChoice(torch.float32, "fp32_from_bf16")),
-        "float32 copy": lambda: copy.deepcopy(tower).float(),
-    }
-    rows = []
-    for name, make in variants.items():
-        module = make()
-        with torch.inference_mode():
-            seconds = best_seconds(lambda module=module: module(slices), 1, warm_up=False)
-        rows.append({"choice": name, "seconds": seconds, "is_plan": name == plan_vision_name(plan)})
-        del module
-    return rows
+    variants = {"bfloat16": tower,
+                "float32 from bfloat16 weights": prepared(tower, PartChoice(torch.float32, "fp32_from_bf16")),
+                "float32 copy": copy.deepcopy(tower).float()}
+    best = alternating_best(variants, lambda module: module(slices), rounds)
+    return [{"choice": name, "seconds": seconds, "is_plan": name == plan_vision_name(plan)}
+            for name, seconds in best.items()]
 
 
 def plan_vision_name(plan) -> str:
@@ -149,34 +156,33 @@ class LayerStack(nn.Module):
         return hidden
 
 
-def llm_choices(cfg, layers: int, prefill: int, plan, peaks: dict, repeats: int) -> list[dict]:
+def llm_choices(cfg, layers: int, prefill: int, plan, peaks: dict, rounds: int) -> list[dict]:
     torch.manual_seed(0)
     stack = LayerStack(cfg, layers).to(torch.bfloat16).eval()
     weights = sum(m.weight.numel() for m in stack.modules() if isinstance(m, nn.Linear))
-    variants = {"bfloat16, torch": lambda: stack}
+    variants = {"bfloat16, torch": stack}
     if plan.native_bf16:
-        variants["bfloat16, oneDNN packed"] = lambda: kernels(stack, choose_plan("avx512_bf16"))
-    variants["float32 prefill from bfloat16 weights, bfloat16 decode"] = lambda: kernels(stack, choose_plan("avx2"))
-    variants["float32 copy"] = lambda: copy.deepcopy(stack).float()
+        variants["bfloat16, oneDNN packed"] = kernels(stack, choose_plan("avx512_bf16"))
+    variants["float32 prefill from bfloat16 weights, bfloat16 decode"] = kernels(stack, choose_plan("avx2"))
+    variants["float32 copy"] = copy.deepcopy(stack).float()
     plan_name = ("bfloat16, oneDNN packed" if plan.llm_decode.kernel == "onednn_packed"
                  else "float32 prefill from bfloat16 weights, bfloat16 decode" if plan.llm_prefill.kernel ==
                  "fp32_from_bf16" else "bfloat16, torch")
     prompt, step = torch.randn(1, prefill, cfg.hidden_size), torch.randn(1, 1, cfg.hidden_size)
+
+    def typed(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+        return x.to(next(module.parameters()).dtype)
+
+    prefill_s = alternating_best(variants, lambda module: module(typed(prompt, module)), rounds)
+    decode_s = alternating_best(variants, lambda module: module(typed(step, module)), 4 * rounds + 1)
     rows = []
-    for name, make in variants.items():
-        module = make()
-        dtype = torch.float32 if name == "float32 copy" else torch.bfloat16
-        typed_prompt, typed_step = prompt.to(dtype), step.to(dtype)
-        with torch.inference_mode():
-            prefill_s = best_seconds(lambda m=module, x=typed_prompt: m(x), 1, warm_up=False)
-            decode_s = best_seconds(lambda m=module, x=typed_step: m(x), repeats)
+    for name in variants:
         flop = 2 * prefill * weights
         bytes_read = weights * (4 if name == "float32 copy" else 2)
-        rows.append({"choice": name, "is_plan": name == plan_name, "prefill_s": prefill_s,
-                     "prefill_gflop_s": flop / prefill_s / 1e9,
-                     "prefill_of_best_matmul_peak": flop / prefill_s / 1e9 / max(peaks.values()),
-                     "decode_step_s": decode_s, "decode_weight_gb_s": bytes_read / decode_s / 1e9})
-        del module
+        rows.append({"choice": name, "is_plan": name == plan_name, "prefill_s": prefill_s[name],
+                     "prefill_gflop_s": flop / prefill_s[name] / 1e9,
+                     "prefill_of_best_matmul_peak": flop / prefill_s[name] / 1e9 / max(peaks.values()),
+                     "decode_step_s": decode_s[name], "decode_weight_gb_s": bytes_read / decode_s[name] / 1e9})
     return rows
 
 
@@ -191,7 +197,8 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=7, help="slices of the 720x1480 image (it has 7)")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the language model (it has 32)")
     parser.add_argument("--prefill", type=int, default=640, help="prompt positions")
-    parser.add_argument("--repeats", type=int, default=5, help="decode steps timed (the best is kept)")
+    parser.add_argument("--vision-layers", type=int, default=27, help="SigLIP layers of the vision tower (it has 27)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over the choices (the best of each is kept)")
     add_out_argument(parser)
     args = parser.parse_args()
     plan = cpu_plan()
@@ -205,12 +212,13 @@ def main() -> None:
     report["bandwidth_gb_s"] = [bandwidth_gb_s()]
     report["matmul_peak_gflop_s"] = matmul_peaks()
     cfg = config()
+    cfg.vision_config.num_hidden_layers = args.vision_layers
     slices = image_slices(args.slices)
     report["vision"] = {"slices": len(slices["pixel_values"]), "of_slices": slices.pop("total_slices"),
-                        "choices": vision_choices(cfg, slices, plan)}
+                        "layers": args.vision_layers, "choices": vision_choices(cfg, slices, plan, args.rounds)}
     report["llm"] = {"layers": args.layers, "prefill_positions": args.prefill,
                      "choices": llm_choices(cfg, args.layers, args.prefill, plan, report["matmul_peak_gflop_s"],
-                                            args.repeats)}
+                                            args.rounds)}
     report["bandwidth_gb_s"].append(bandwidth_gb_s())
     bandwidth = float(np.mean(report["bandwidth_gb_s"]))
     for row in report["llm"]["choices"]:
