@@ -2,7 +2,7 @@
 text-only follow-up that refers back to them (the picture and recording are data/sample_image.jpg and
 data/sample_audio.wav).
 
-    python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--stream]
+    python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--stream]
                               [--quant int8]
 
 Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
@@ -14,12 +14,12 @@ import sys
 import threading
 from pathlib import Path
 
+from megrezo.loading import DTYPE_CHOICES, DTYPE_HELP
 from megrezo.quantization import QUANTIZATIONS
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 IMAGE_PATH = DATA_DIR / "sample_image.jpg"
 AUDIO_PATH = DATA_DIR / "sample_audio.wav"
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def parse_args() -> argparse.Namespace:
@@ -30,7 +30,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model_path", help="checkpoint folder (default: the tiny random checkpoint, whose replies "
                         "are random words)")
     parser.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 on cuda, else float32")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
     parser.add_argument("--stream", action="store_true", help="print the reply while it is generated")
     parser.add_argument("--max_new_tokens", type=int, default=64, help="longest reply in tokens (default: 64)")
@@ -62,13 +62,12 @@ def main() -> None:
     args = parse_args()
     import torch
 
-    from megrezo.loading import load_chat_model
+    from megrezo.loading import dtype_from_name, load_chat_model
     from megrezo.tiny import model_path_or_tiny
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype_name = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     model_path = model_path_or_tiny(args.model_path)
-    model = load_chat_model(model_path, device, getattr(torch, dtype_name), args.quant)
+    model = load_chat_model(model_path, device, dtype_from_name(args.dtype), args.quant)
 
     messages = [
         {

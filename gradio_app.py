@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from megrezo.loading import DTYPE_CHOICES, DTYPE_HELP, dtype_from_name
 from megrezo.quantization import QUANTIZATIONS
 
 if TYPE_CHECKING:  # gradio and torch are imported where they are used, so that --help answers at once
@@ -423,16 +424,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve_dtype(name: str, device: str) -> torch.dtype:
-    """`auto`: bfloat16 on a GPU (the release's dtype), float32 on the CPU, where bfloat16 matmuls are slow."""
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, name)
-
-
-def load_engine(model_path: str | Path, device: str, dtype: torch.dtype, quant: str | None = None) -> ChatEngine:
+def load_engine(model_path: str | Path, device: str, dtype: torch.dtype | str, quant: str | None = None) -> ChatEngine:
     from megrezo.loading import load_chat_model
 
     model = load_chat_model(model_path, device, dtype, quant)
@@ -448,8 +440,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1; use 0.0.0.0 to serve other machines")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                        help="auto: bfloat16 on a GPU, float32 on the CPU")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
     args = parser.parse_args()
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
@@ -460,7 +451,7 @@ def main() -> None:
     model_path = model_path_or_tiny(args.model_path)
     notice = RANDOM_WEIGHTS_NOTICE if args.model_path is None else None
     device = args.device or default_device()
-    engine = load_engine(model_path, device, resolve_dtype(args.dtype, device), args.quant)
+    engine = load_engine(model_path, device, dtype_from_name(args.dtype), args.quant)
     private_upload_folder()
     # SIGTERM ends the app like Ctrl-C does, so the upload folder is removed on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

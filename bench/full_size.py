@@ -14,7 +14,8 @@ checkpoint. Each part runs in its own process, one after the other, so one model
 - `hf-bf16`: transformers in bfloat16. Load time and resident memory; the authors' speed-table request (128 text
   tokens + one 720x1480 image) and a 30 s clip, timed per stage (preprocessing, vision tower + resampler, audio
   encoder, LLM prefill) and to the first token; decode tokens/s at batch 1 and 8 with plain `nn.Linear` and then
-  with `model.use_cpu_kernels()`; teacher-forced logits of 256 tokens, kept for the int8 part to compare.
+  with `model.use_cpu_kernels()` (the plan megrezo/cpu_plan.py picks for this CPU, or the class that
+  `MEGREZO_CPU_CLASS` forces); teacher-forced logits of 256 tokens, kept for the int8 part to compare.
 - `hf-int8`: the LLM quantized at load (`--quant int8`): decode with torchao's eager layers and with the CPU kernels,
   and the logits' distance from bfloat16 on the same 256 tokens (relative L2 and top-1 agreement); then the
   bfloat16 model is loaded beside it and both decode at batch 1 in alternating rounds: the speedup the summary
@@ -32,6 +33,7 @@ best of several sums over a 1 GiB bfloat16 tensor), and is reported as a fractio
 `bandwidth / bytes read per step` (megrezo.decode_bytes). Decode tokens/s = batch x (new - 1) / the time from the
 first new token to the last: for HF from a clock called at every step, for vLLM as the time for `new` tokens minus
 the time for 1. Memory is the resident set of the part's process and its children, sampled every 20 ms.
+The report records the CPU's vector flags, its class and the plan each part ran.
 Results go to `$MEGREZO_BENCH_RESULTS` or bench/out/ (full_size[_SIZE].json and a chart), or to --out. Parts run
 again replace their earlier results in that file; the others are kept (each part records when it was measured).
 """
@@ -367,6 +369,7 @@ def part_hf(model_path: Path, quant: str | None, args, watch: MemoryWatch, scrat
         eager_tokens = max(4, args.new_tokens // 4) if quant else args.new_tokens
         result["decode_eager"] = [measure_decode(generate, config, watch, 1, eager_tokens, 1, **eager_bytes)]
         result["cpu_kernels_s"] = timed(lambda: result.setdefault("cpu_kernels", model.use_cpu_kernels()))
+        result["cpu_plan"] = model.cpu_plan.as_dict()
     watch.reset()
     with torch.inference_mode():
         if not quant:
@@ -404,7 +407,7 @@ def decode_beside_bf16(quantized, model_path: Path, args) -> dict:
 
     from megrezo.loading import load_chat_model
 
-    bf16 = load_chat_model(model_path, "cpu", torch.bfloat16)
+    bf16 = load_chat_model(model_path, "cpu", "auto")
     generators = {"quantized": hf_generate(quantized), "bf16": hf_generate(bf16)}
     rates: dict[str, list[float]] = {name: [] for name in generators}
     with torch.inference_mode():
@@ -667,8 +670,13 @@ def main() -> None:
     done = {part: result for part, result in results.items() if "error" not in result}
     import torch
 
+    from megrezo.cpu_plan import FORCE_VARIABLE, classify, detect_cpu
+
+    facts = detect_cpu()
     report = {"size": size, "machine": {
         "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "cpu_flags": facts.vector_flags(), "cpu_class": classify(facts),
+        "forced_cpu_class": os.environ.get(FORCE_VARIABLE) or None,
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(DEVICE) if on_gpu else f"{os.cpu_count()} CPU cores"},

@@ -1,24 +1,56 @@
 """Loading a checkpoint for chatting, the way the example scripts and benchmarks do: dtype, optional weight-only
-quantization of the LLM, device, and the native CPU kernels when the model runs on the CPU."""
+quantization of the LLM, device, and on the CPU the kernels this CPU runs fastest (cpu_plan.py). torch loads on
+first use, so that scripts importing the --dtype choices answer --help at once."""
 
+from __future__ import annotations
+
+import warnings
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .quantization import llm_quantization_config
 
+if TYPE_CHECKING:
+    import torch
 
-def load_chat_model(model_path: str | Path, device: str = "cpu", dtype: torch.dtype | str = torch.float32,
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+"""Values of the scripts' --dtype flag."""
+DTYPE_HELP = ("auto (default): the checkpoint's own (bfloat16 for the release); on a CPU each part then computes in "
+              "what is fastest there")
+
+
+def dtype_from_name(name: str) -> torch.dtype | str:
+    """A --dtype value as `load_chat_model` takes it."""
+    import torch
+
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"unknown dtype {name!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+    return name if name == "auto" else getattr(torch, name)
+
+
+def load_chat_model(model_path: str | Path, device: str = "cpu", dtype: torch.dtype | str = "auto",
                     quant: str | None = None):
     """`AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True)` in `dtype` ("auto": the
     checkpoint's own), with the LLM quantized when `quant` names one of `quantization.QUANTIZATIONS` (a checkpoint
-    saved quantized loads quantized with `quant=None`). On the CPU, bfloat16 and int8 LLM layers then switch to
-    `model.use_cpu_kernels()`."""
+    saved quantized loads quantized with `quant=None`). On the CPU the model then switches to
+    `model.use_cpu_kernels(plan)`: with "auto", the fastest plan for this CPU; with an explicit torch.bfloat16,
+    bfloat16 arithmetic everywhere, which CPUs without bfloat16 instructions emulate slowly (a warning says so once).
+    """
+    import torch
     from transformers import AutoModelForCausalLM
+
+    from .cpu_plan import cpu_plan
 
     extra = {"quantization_config": llm_quantization_config(quant)} if quant else {}
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=dtype, **extra)
     model = model.to(device).eval()
     if device == "cpu":
-        model.use_cpu_kernels()
+        plan = cpu_plan("bfloat16" if dtype == torch.bfloat16 else "fastest")
+        if dtype == torch.bfloat16 and not plan.native_bf16:
+            warnings.warn(
+                f"This CPU (class {plan.cpu_class}) lacks AVX512-BF16 and AMX, so torch multiplies bfloat16 slowly "
+                "here: images, audio and long prompts take several times longer than with dtype 'auto' (--dtype auto, "
+                "the default), which keeps the weights in bfloat16 and computes in float32 where that is faster.",
+                stacklevel=2)
+        model.use_cpu_kernels(plan)
     return model

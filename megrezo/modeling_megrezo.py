@@ -24,7 +24,8 @@ from .compat import weight_init as init
 from .configuration_megrezo import MegrezOConfig
 from .conversation import validate_conversation  # noqa: F401  (module cache, see compat.py)
 from .conversation_media import decode_media  # noqa: F401  (module cache, see compat.py)
-from .cpu_kernels import copy_off_checkpoint_file, use_cpu_kernels
+from .cpu_kernels import copy_off_checkpoint_file, use_cpu_encoder_choice, use_cpu_kernels
+from .cpu_plan import CpuPlan, cpu_plan
 from .image_processing_megrezo import MegrezOImageProcessor  # noqa: F401  (module cache, see compat.py)
 from .modeling_navit_siglip import NavitSiglipVisionTransformer  # noqa: F401  (module cache, see compat.py)
 from .processing_megrezo import MegrezOProcessor
@@ -162,12 +163,17 @@ class MegrezO(MegrezOPreTrainedModel):
         )
         return sequences[:, input_ids.shape[1] :]
 
-    def use_cpu_kernels(self) -> dict[str, int]:
-        """Switches the LLM's bfloat16 and torchao int8 linear layers to torch's native CPU kernels (cpu_kernels.py),
-        which decode faster on x86 CPUs. Inference only: reload the checkpoint to train, move or save the model.
-        Returns how many layers of each kind were switched (float32 layers stay as they are). The other weights
-        then get memory of their own, so that the memory-mapped checkpoint file is released."""
-        counts = use_cpu_kernels(self.llm)
+    def use_cpu_kernels(self, plan: CpuPlan | None = None) -> dict[str, int]:
+        """Switches the model's bfloat16 and torchao int8 layers to the CPU kernels that `plan` (default: this CPU's
+        `cpu_plan()`, see cpu_plan.py) names per part: on CPUs with bfloat16 instructions the LLM's layers go to
+        oneDNN; elsewhere the encoders and the LLM's prefill multiply in float32 from the bfloat16 weights. Float32
+        layers stay as they are. Inference only: reload the checkpoint to train, move or save the model. The plan is
+        kept as `model.cpu_plan`; returns how many layers of each kernel class were put in. The other weights then get
+        memory of their own, so that the memory-mapped checkpoint file is released."""
+        self.cpu_plan = plan or cpu_plan()
+        counts = use_cpu_kernels(self.llm, self.cpu_plan)
+        counts["encoder_float32_linears"] = (use_cpu_encoder_choice(self.vision, self.cpu_plan.vision)
+                                             + use_cpu_encoder_choice(self.audio, self.cpu_plan.audio))
         copy_off_checkpoint_file(self)
         return counts
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from megrezo.cpu_plan import FORCE_VARIABLE, PACKED
 from megrezo.loading import load_chat_model
 from megrezo.quantization import llm_quantization_config
 from megrezo.tiny import cached_tiny_checkpoint
@@ -62,7 +63,7 @@ def test_int8_quantizes_only_the_llm_and_survives_save_and_reload(tiny_checkpoin
 
     # The native int8 kernel computes the same layer as torchao's eager one (its row scales are rounded to bf16).
     counts = reloaded.use_cpu_kernels()
-    assert counts["int8"] == count_layers(reloaded.llm, "Int8WeightLinear") > 0
+    assert counts["Int8WeightLinear"] == count_layers(reloaded.llm, "Int8WeightLinear") > 0
     assert relative_error(teacher_forced_logits(reloaded), logits) < 0.01
     # Weight-only int8 against bfloat16 on the same 256 tokens (the benchmark's goal: <= 0.03).
     assert relative_error(logits, bf16_reference) < 0.03
@@ -71,8 +72,11 @@ def test_int8_quantizes_only_the_llm_and_survives_save_and_reload(tiny_checkpoin
 
 
 def test_cpu_kernels_keep_bf16_logits(tiny_checkpoint, bf16_reference):
+    """On this CPU's own plan: oneDNN's packed kernel for the LLM where bfloat16 is native, torch's own elsewhere
+    (tests/test_cpu_plan.py runs every class's plan)."""
     model = load_chat_model(tiny_checkpoint, "cpu", torch.bfloat16)
-    assert count_layers(model.llm, "PackedBf16Linear") == 7 * model.config.num_hidden_layers + 1
+    packed = 7 * model.config.num_hidden_layers + 1 if model.cpu_plan.llm_decode.kernel == PACKED else 0
+    assert count_layers(model.llm, "PackedBf16Linear") == packed
     assert count_layers(model.vision, "PackedBf16Linear") == count_layers(model.audio, "PackedBf16Linear") == 0
     torch.testing.assert_close(teacher_forced_logits(model), bf16_reference, rtol=0.02, atol=0.02)
     assert len(model.chat(MESSAGES, max_new_tokens=4, return_tokens=True)) > 0
@@ -85,9 +89,11 @@ def mapped_files() -> set[str]:
     return {mapping.path for mapping in psutil.Process().memory_maps()}
 
 
-def test_cpu_kernels_release_the_memory_mapped_checkpoint():
+@pytest.mark.parametrize("forced_class", ["", "avx2"], ids=["this CPU's class", "avx2"])
+def test_cpu_kernels_release_the_memory_mapped_checkpoint(forced_class, monkeypatch):
     """A bfloat16 checkpoint loaded in bfloat16 is memory-mapped; once the layers are reordered copies, the model
     must not keep the file mapped (its pages would count twice in the resident memory)."""
+    monkeypatch.setenv(FORCE_VARIABLE, forced_class)
     weights = str(cached_tiny_checkpoint(dtype=torch.bfloat16) / "model.safetensors")
     model = AutoModelForCausalLM.from_pretrained(Path(weights).parent, trust_remote_code=True, dtype=torch.bfloat16)
     assert weights in mapped_files()
@@ -100,7 +106,7 @@ def test_cpu_kernels_release_the_memory_mapped_checkpoint():
 def test_float32_layers_are_left_alone(tiny_model):
     assert tiny_model.dtype == torch.float32
     assert AutoModelForCausalLM.from_config(tiny_model.config, trust_remote_code=True).use_cpu_kernels() == {
-        "bf16": 0, "int8": 0}
+        "PackedBf16Linear": 0, "Bf16WeightLinear": 0, "Int8WeightLinear": 0, "encoder_float32_linears": 0}
 
 
 def test_unknown_quantization_is_refused():
