@@ -24,6 +24,9 @@ from server_start import wait_until_healthy
 ROOT = Path(__file__).resolve().parents[1]
 READMES = [ROOT / "README.md", ROOT / "README_zh.md"]
 PLACEHOLDER = "/path/to/Megrez-3B-Omni"
+UNCLEAN_EXIT = ("leaked shared_memory", "force killing", "Failed to load")
+"""Lines of a block that ended untidily: vLLM killing its engine, a process leaving shared memory behind, torchao's
+CUDA-only kernels failing to load on a CPU build of torch."""
 FENCE = re.compile(r"^```(bash|python) (runnable|server|client)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
@@ -69,6 +72,8 @@ def test_readme_block_runs(block, tiny_checkpoint, tmp_path):
     code = code.replace(PLACEHOLDER, str(tiny_checkpoint))
     result = run_block(language, code, block_environment(tmp_path))
     assert result.returncode == 0, f"{language} block failed:\n{code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    unclean = [line for line in (result.stdout + result.stderr).splitlines() if any(sign in line for sign in UNCLEAN_EXIT)]
+    assert unclean == [], "\n".join(unclean)
 
 
 @pytest.mark.skipif(not SERVERS, reason="README.md marks no server block")
