@@ -105,3 +105,23 @@ def test_help_texts_say_each_default_once():
     tiny_help = " ".join(subprocess.run([sys.executable, "-m", "megrezo.tiny", "--help"], cwd=ROOT,
                                         capture_output=True, text=True, timeout=WALL_SECONDS).stdout.split())
     assert tiny_help.startswith("usage: python -m megrezo.tiny") and "about 8 GB in bfloat16" in tiny_help
+
+
+QUIET_COMMANDS = {
+    "python -m megrezo.tiny OUT": [sys.executable, "-m", "megrezo.tiny", "{out}"],
+    # `make demo` less its setup step, which has its own test and is a no-op once .venv is built (and running it
+    # here would rebuild the environment the tests run in whenever a requirements file changed).
+    "make demo": ["make", "-o", "setup", "demo"],
+}
+
+
+@pytest.mark.parametrize("name", QUIET_COMMANDS)
+def test_first_commands_print_no_warning(name, tmp_path, tiny_checkpoint):
+    """The first commands a user runs succeed without a line that looks like an error: no warning, and none of the
+    import-time lines torchao and torch print ("Failed to load ... _C_mxfp8", pytree's Enum deprecation)."""
+    command = [part.format(out=tmp_path / "tiny") for part in QUIET_COMMANDS[name]]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    noisy = [line for line in output.splitlines() if re.search(r"warn|failed to load|deprecat|error", line, re.I)]
+    assert noisy == [], "\n".join(noisy)

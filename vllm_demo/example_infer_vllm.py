@@ -17,6 +17,11 @@ if __package__ in (None, ""):
     # Run as a script: make the repository's packages (`vllm_demo`, `megrezo`) importable.
     sys.path.insert(0, str(ROOT))
 
+from megrezo.import_noise import drop_import_noise  # noqa: E402
+
+# vLLM's engine processes re-import this file before torch: the filters then hold there too.
+drop_import_noise()
+
 DATA_DIR = ROOT / "data"
 IMAGE_PATH = DATA_DIR / "sample_image.jpg"
 AUDIO_PATH = DATA_DIR / "sample_audio.wav"
@@ -42,9 +47,10 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_path", help="checkpoint folder (default: the tiny random checkpoint)")
     parser.add_argument("--dtype", default="auto", help="vLLM dtype (default: the checkpoint's; float32 on CPU)")
-    parser.add_argument("--max_tokens", type=int, default=64)
-    parser.add_argument("--max_model_len", type=int, default=4096)
-    parser.add_argument("--gpu_memory_utilization", type=float, default=0.2)
+    parser.add_argument("--max_tokens", type=int, default=64, help="longest reply in tokens (default: 64)")
+    parser.add_argument("--max_model_len", type=int, default=4096, help="context length (default: 4096)")
+    parser.add_argument("--gpu_memory_utilization", type=float, default=0.2,
+                        help="share of GPU memory (on a CPU: of memory for the KV cache) to use (default: 0.2)")
     return parser.parse_args()
 
 
@@ -55,15 +61,23 @@ def main() -> None:
     model_path = model_path_or_tiny(args.model_path)
 
     from megrezo.processing_megrezo import MegrezOProcessor
-    from vllm_demo.chat_requests import authors_sampling_params, to_vllm_request
-    from vllm_demo.offline import load_llm
+    from vllm_demo.offline import close_llm, load_llm
 
     processor = MegrezOProcessor.from_pretrained(model_path, trust_remote_code=True)
     dtype = "float32" if args.dtype == "auto" and not _has_cuda() else args.dtype
     llm = load_llm(
         model_path, dtype=dtype, max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization
     )
-    params = authors_sampling_params(processor, max_tokens=args.max_tokens)
+    try:
+        run_examples(llm, processor, args.max_tokens)
+    finally:
+        close_llm(llm)
+
+
+def run_examples(llm, processor, max_tokens: int) -> None:
+    from vllm_demo.chat_requests import authors_sampling_params, to_vllm_request
+
+    params = authors_sampling_params(processor, max_tokens=max_tokens)
     requests = {name: to_vllm_request(processor, messages) for name, messages in EXAMPLES.items()}
 
     alone = {}

@@ -1,8 +1,14 @@
-"""Starting an offline vLLM engine for a Megrez-3B-Omni checkpoint, with settings that fit this project's machines."""
+"""Starting an offline vLLM engine for a Megrez-3B-Omni checkpoint, with settings that fit this project's machines,
+and stopping it cleanly."""
 
+import os
 from pathlib import Path
 
 from .plugin import register
+
+SHUTDOWN_SECONDS = 60
+"""How long the engine and its workers may take to exit before vLLM kills them. vLLM's own 5 s is too short for a
+busy CPU machine: a killed worker leaves its shared memory behind ("leaked shared_memory objects")."""
 
 
 def load_llm(
@@ -19,6 +25,7 @@ def load_llm(
     more start-up time than it saves on short runs; on GPUs vLLM's compiled mode with CUDA graphs stays on. Further
     keywords go to `vllm.LLM`."""
     register()
+    os.environ.setdefault("VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", str(SHUTDOWN_SECONDS))  # read in the engine process
     import torch
     from vllm import LLM
 
@@ -33,3 +40,9 @@ def load_llm(
         enforce_eager=enforce_eager,
         **engine_args,
     )
+
+
+def close_llm(llm) -> None:
+    """Stop the engine process and its workers now, waiting for them to exit on their own, instead of leaving it to
+    interpreter exit, where vLLM allows them 5 s and then kills them."""
+    llm.llm_engine.engine_core.shutdown(timeout=SHUTDOWN_SECONDS + 30)
