@@ -15,7 +15,7 @@ from pathlib import Path
 
 from megrezo.audio_processing import load_audio
 from megrezo.image_processing_megrezo import ImageTooLargeError, load_image
-from megrezo.processing_megrezo import media_items, validate_conversation
+from megrezo.processing_megrezo import MegrezOProcessor, media_items, validate_conversation
 
 MEDIA_KINDS = ("image", "audio")
 
@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_slice_nums", type=int, default=None)
     parser.add_argument("--scale_resolution", type=int, default=None)
     args = parser.parse_args(argv)
-    from transformers import AutoProcessor
-
-    processor = AutoProcessor.from_pretrained(args.model_path, trust_remote_code=True)
+    processor = MegrezOProcessor.from_pretrained(args.model_path, trust_remote_code=True)  # not AutoProcessor: see finetune.py
     configure_images(processor, args.max_slice_nums, args.scale_resolution)
     prefix = args.dataset_prefix or str(Path(args.data_path).parent)
     records, problems = check_jsonl(args.data_path, prefix, processor, args.model_max_length)
