@@ -33,9 +33,11 @@ from trainer import (  # noqa: E402
     remove_incomplete_checkpoints,
 )
 from training_arguments import FinetuneArguments  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoProcessor, HfArgumentParser  # noqa: E402
+from transformers import AutoModelForCausalLM, HfArgumentParser  # noqa: E402
 from transformers.integrations import is_deepspeed_zero3_enabled  # noqa: E402
 from validate_data import check_jsonl, configure_images  # noqa: E402
+
+from megrezo.processing_megrezo import MegrezOProcessor  # noqa: E402
 
 ADAPTER_FOLDER = "adapter"
 
@@ -94,7 +96,9 @@ def main() -> None:
     parser = HfArgumentParser((ModelArguments, DataArguments, FinetuneArguments))
     model_args, data_args, args = parser.parse_args_into_dataclasses()
 
-    processor = AutoProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
+    # Not AutoProcessor: the release's preprocessor_config.json names the class without auto_map, so AutoProcessor
+    # returns the bare tokenizer there (docs/transformers_compat.md).
+    processor = MegrezOProcessor.from_pretrained(model_args.model_name_or_path, trust_remote_code=True)
     configure_images(processor, data_args.max_slice_nums, data_args.scale_resolution)
     with args.main_process_first(desc="checking the data"):
         train_dataset = load_dataset(data_args.data_path, data_args, processor, args.model_max_length)

@@ -21,14 +21,16 @@ def merge_lora(base_model_path: str | Path, adapter_path: str | Path, output_pat
     """Saves the merged model to output_path. The processor is taken from the adapter folder when the training
     run saved one there (it may carry changed slicing settings), else from the base checkpoint."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoProcessor
+    from transformers import AutoModelForCausalLM
+
+    from megrezo.processing_megrezo import MegrezOProcessor
 
     base = AutoModelForCausalLM.from_pretrained(base_model_path, trust_remote_code=True, dtype=dtype or "auto")
     merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
     output_path = Path(output_path)
     merged.save_pretrained(output_path)
     processor_source = adapter_path if (Path(adapter_path) / "processor_config.json").is_file() else base_model_path
-    AutoProcessor.from_pretrained(processor_source, trust_remote_code=True).save_pretrained(output_path)
+    MegrezOProcessor.from_pretrained(processor_source, trust_remote_code=True).save_pretrained(output_path)
     return output_path
 
 

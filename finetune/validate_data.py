@@ -165,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale_resolution", type=positive_int, default=None,
                         help="side of a slice in pixels (default: the checkpoint's, 448 for the release)")
     args = parser.parse_args(argv)
-    from transformers import AutoProcessor
+    from megrezo.processing_megrezo import MegrezOProcessor
 
-    processor = AutoProcessor.from_pretrained(args.model_path, trust_remote_code=True)
+    processor = MegrezOProcessor.from_pretrained(args.model_path, trust_remote_code=True)  # not AutoProcessor: see finetune.py
     configure_images(processor, args.max_slice_nums, args.scale_resolution)
     prefix = args.dataset_prefix or str(Path(args.data_path).parent)
     records, problems = check_jsonl(args.data_path, prefix, processor, args.model_max_length)

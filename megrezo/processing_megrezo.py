@@ -95,9 +95,10 @@ class MegrezOProcessor(ProcessorMixin):
         finds sub-processors differently): the image processor from preprocessor_config.json, the tokenizer, and the
         Whisper settings and placeholder strings from processor_config.json, or the contract's (128 mel bins,
         16 kHz) for a checkpoint without one (the release). Keywords override the saved settings."""
-        trust_remote_code = kwargs.pop("trust_remote_code", None)
         kwargs.pop("_from_auto", None)
         hub = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
+        # AutoTokenizer reads config.json, whose auto_map names the folder's code.
+        trust_remote_code = kwargs.pop("trust_remote_code", None)
         saved = json.loads(read_saved_file(pretrained_model_name_or_path, "processor_config.json", hub) or "{}")
         whisper = saved.get("audio_feature_extractor") or {"feature_size": MEL_BINS, "sampling_rate": SAMPLING_RATE}
         whisper = {key: value for key, value in whisper.items() if key in WHISPER_SETTINGS}

@@ -141,7 +141,7 @@ def run_checks(checkpoint: Path, release_dir: Path, work: Path) -> dict:
 
         auto_map = AutoConfig.from_pretrained(str(release_dir), trust_remote_code=True).auto_map
         processor_class = get_class_from_dynamic_module(auto_map["AutoProcessor"], str(release_dir))
-        return processor_ids(processor_class.from_pretrained(str(release_dir)))
+        return processor_ids(processor_class.from_pretrained(str(release_dir), trust_remote_code=True))
 
     def auto_processor():
         """AutoProcessor on a folder this project wrote, without processor_config.json as in the release."""

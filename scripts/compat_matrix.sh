@@ -31,6 +31,7 @@ start=$(date +%s)
 [ -x .venv/bin/python ] || { echo "compat_matrix: run 'make setup' first (needs .venv)" >&2; exit 2; }
 pinned=$(.venv/bin/python -c "import transformers; print(transformers.__version__)")
 rm -rf "$DIR/run" && mkdir -p "$DIR/run"
+echo "compat_matrix: tiny checkpoint and reference run"
 tiny=$(.venv/bin/python -c "from megrezo.tiny import cached_tiny_checkpoint; print(cached_tiny_checkpoint())")
 cp -r "$tiny" "$DIR/run/tiny"
 .venv/bin/python "$CHECK" release-layout "$DIR/run/tiny" "$DIR/run/release" tests/fixtures/release
@@ -45,8 +46,10 @@ pip install -q --progress-bar off torch==2.13.0 pillow soundfile
 results=""
 for version in $versions; do
   echo "compat_matrix: transformers $version"
+  version_start=$(date +%s)
   pip install -q --progress-bar off "transformers==$version"
   (cd "$DIR/run" && env -u PYTHONPATH "$VENV/bin/python" "$CHECK" check tiny release "$version.json" </dev/null)
+  echo "compat_matrix: transformers $version took $(( $(date +%s) - version_start )) s"
   results="$results $DIR/run/$version.json"
 done
 status=0
