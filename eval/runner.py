@@ -103,8 +103,14 @@ def generate_missing(options: RunOptions, requests: list[Request], log: Predicti
     each request the model refused (it stays out of the log, so a later run asks again). A backend passed in is
     used and left open (benchmarks reuse one); otherwise one is loaded only if something is missing."""
     missing = [request for request in requests if request.key not in log.done]
-    print(f"{len(requests) - len(missing)} of {len(requests)} predictions already in {log.path}; "
-          f"generating {len(missing)}", file=sys.stderr, flush=True)
+    done = len(requests) - len(missing)
+    if done == 0:
+        print(f"generating {len(missing)} predictions", file=sys.stderr, flush=True)
+    elif missing:
+        print(f"resuming: {done} of {len(requests)} predictions already in {log.path}; generating {len(missing)}",
+              file=sys.stderr, flush=True)
+    else:
+        print(f"all {done} predictions already in {log.path}: scoring them again", file=sys.stderr, flush=True)
     if not missing:
         return []
     owned = backend is None
@@ -144,6 +150,8 @@ def evaluate(options: RunOptions) -> dict:
     check_settings(out, settings)
 
     log = PredictionLog(out / "predictions.jsonl")
+    print(f"results go to {out}: predictions.jsonl as replies arrive, then scored.jsonl, metrics.json, report.md",
+          file=sys.stderr, flush=True)
     try:
         skipped += generate_missing(options, requests, log)
     finally:

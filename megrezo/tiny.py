@@ -93,39 +93,19 @@ def unprintable_token_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
     return unprintable
 
 
-READABLE_COORDINATE = 0
-"""The coordinate of the language model's hidden state that `favour_readable_tokens` reserves."""
-CONSTANT_INPUT = 0.005
-"""What every token embedding holds at that coordinate: below the other coordinates' random spread (0.02), so the
-layers, which read it through their norms, behave as before."""
-FINAL_NORM_GAIN = 10_000.0
-"""The final norm's weight at that coordinate: makes it 120 to 1800 after the norm in the tiny and small models."""
-
-
 def favour_readable_tokens(model: MegrezO, tokenizer: PreTrainedTokenizerFast) -> None:
-    """Make the random model's replies printable text for greedy decoding and for sampling at any temperature a
-    chat would use: no broken bytes, no control characters.
-
-    One hidden coordinate becomes a positive constant at every text position: each token embedding holds
-    CONSTANT_INPUT there, no layer writes to it (the attention and MLP output rows are zero), and the final norm
-    multiplies it by FINAL_NORM_GAIN. The output rows of the unprintable tokens read only that coordinate, with
-    weight -1, and no other row reads it, so an unprintable token's logit is about -120 or lower while the others
-    keep their random values: below e^-24 of the likeliest token even at temperature 5. Only random weights
-    change; training and every forward pass are untouched, and finetuning starts as from any random model."""
+    """Zero the output rows of the unprintable tokens. Their logits are then exactly 0 while about half of the
+    other 790 tokens' random logits are above 0, so greedy decoding, and sampling that keeps at most the 100 likeliest
+    tokens (`model.chat`'s top-k), never picks a broken byte: the random model's replies are corpus words, word
+    pieces and Chinese characters. Sampling from the whole vocabulary (top-k off, as the OpenAI server's default)
+    does draw them. Every other row keeps its random values, so finetuning the tiny model starts as it would from
+    any random model (shrinking all but whole-word rows made its one-word answers much slower to learn; guarding
+    the broken bytes with a large negative logit did not survive finetuning, which moves any hidden coordinate
+    such a guard reads). Only the random weights change: training and every forward pass are untouched."""
     import torch
 
-    llm = model.llm
     with torch.no_grad():
-        llm.model.embed_tokens.weight[:, READABLE_COORDINATE] = CONSTANT_INPUT
-        for layer in llm.model.layers:
-            layer.self_attn.o_proj.weight[READABLE_COORDINATE] = 0
-            layer.mlp.down_proj.weight[READABLE_COORDINATE] = 0
-        llm.model.norm.weight[READABLE_COORDINATE] = FINAL_NORM_GAIN
-        output = model.get_output_embeddings().weight
-        unprintable = unprintable_token_ids(tokenizer)
-        output[:, READABLE_COORDINATE] = 0
-        output[unprintable] = 0
-        output[unprintable, READABLE_COORDINATE] = -1
+        model.get_output_embeddings().weight[unprintable_token_ids(tokenizer)] = 0
 
 
 MODEL_SIZES: dict[str, dict] = {

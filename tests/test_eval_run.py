@@ -119,7 +119,11 @@ def test_killed_run_resumes_with_only_the_missing_items(tiny_checkpoint, tmp_pat
     options = ["--task", "text", "--data", str(data), "--model_path", str(tiny_checkpoint), "--batch_size", "2",
                "--max_new_tokens", "24"]
     straight = tmp_path / "straight"
+    capsys.readouterr()
     main(["run", *options, "--out", str(straight)])
+    fresh = capsys.readouterr().err
+    assert fresh.startswith(f"results go to {straight}:") and "generating 12 predictions" in fresh, fresh[:500]
+    assert "already" not in fresh and "resuming" not in fresh
 
     resumed = tmp_path / "resumed"
     process = subprocess.Popen([sys.executable, "-m", "eval", "run", *options, "--out", str(resumed)], cwd=REPO,
@@ -137,7 +141,7 @@ def test_killed_run_resumes_with_only_the_missing_items(tiny_checkpoint, tmp_pat
     capsys.readouterr()
     main(["run", *options, "--out", str(resumed)])
     stderr = capsys.readouterr().err
-    assert f"{len(before)} of 12 predictions already in" in stderr and f"generating {12 - len(before)}" in stderr
+    assert f"resuming: {len(before)} of 12 predictions already in" in stderr and f"generating {12 - len(before)}" in stderr
     after = log.read_text().splitlines()
     assert after[: len(before)] == before
     assert sorted(json.loads(line)["id"] for line in after) == sorted(f"t{i}" for i in range(12))
