@@ -45,6 +45,8 @@ class VLLMBackend:
         """(index, reply) for every conversation, in the order they finish. Replies are the generated ids before
         the stop token, decoded as `model.chat` decodes them (special tokens skipped). A conversation whose request
         cannot be built gets its ValueError as its reply; the others go on."""
+        from vllm.exceptions import VLLMClientError
+
         from vllm_demo.chat_requests import reply_tokens, to_vllm_request
 
         engine = self.llm.llm_engine
@@ -62,6 +64,9 @@ class VLLMBackend:
                         (request_id,) = self.llm.enqueue([request], self.params, use_tqdm=False)
                     except ValueError as error:
                         yield index, error
+                        continue
+                    except VLLMClientError as error:  # vLLM's own refusals (a prompt too long) are no ValueError
+                        yield index, ValueError(str(error))
                         continue
                     # `enqueue` returns the engine's ids ("<id>-<random suffix>"); outputs carry the part before it.
                     index_of[request_id.split("-", 1)[0]] = index
