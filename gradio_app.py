@@ -44,6 +44,7 @@ from megrezo.audio_processing import load_audio  # noqa: E402
 from megrezo.image_processing_megrezo import load_image  # noqa: E402
 from megrezo.loading import load_chat_model  # noqa: E402
 from megrezo.quantization import QUANTIZATIONS  # noqa: E402
+from megrezo.sampling_settings import check_setting  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 AUDIO_SUFFIXES = (".wav", ".mp3", ".flac", ".ogg", ".oga", ".opus")
@@ -178,6 +179,37 @@ class Sampling:
         if not self.greedy:
             kwargs.update(temperature=float(self.temperature), top_p=float(self.top_p), top_k=int(self.top_k))
         return kwargs
+
+
+SETTING_OF_LABEL = {
+    "Temperature": "temperature",
+    "Top-p": "top_p",
+    "Top-k": "top_k",
+    "Repetition penalty": "repetition_penalty",
+    "Max new tokens": "max_new_tokens",
+}
+"""The generation controls' labels and the `model.chat` settings they set."""
+
+
+def setting_slider(minimum: float, maximum: float, value: float, label: str, **kwargs: Any) -> gr.Slider:
+    """A generation control whose refusals name it. A value from the API that is no number, not finite, breaks the
+    setting's rule (`megrezo.sampling_settings`, as in `model.chat`) or lies outside the slider is refused with the
+    control's label, as one line in the log. (Gradio writes a stub file for every subclass of a component, so the
+    check replaces this slider's own `preprocess` instead.)"""
+    slider = gr.Slider(minimum, maximum, value, label=label, **kwargs)
+    setting, within_slider = SETTING_OF_LABEL[label], slider.preprocess
+
+    def preprocess(payload: Any) -> float:
+        try:
+            number = check_setting(setting, payload, label=label)
+        except ValueError as error:
+            raise refused(str(error)) from None
+        if not minimum <= number <= maximum:
+            raise refused(f"{label} must be between {minimum:g} and {maximum:g}, got {payload!r}")
+        return within_slider(number)
+
+    slider.preprocess = preprocess
+    return slider
 
 
 class GenerationStopped(Exception):
@@ -360,15 +392,15 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
                 with gr.Accordion("Generation", open=True):
                     greedy = gr.Checkbox(defaults.greedy, label="Greedy decoding (off: sample)")
                     sampling_knob = {"interactive": not defaults.greedy}  # greedy decoding ignores these three
-                    temperature = gr.Slider(
+                    temperature = setting_slider(
                         0.05, 2.0, defaults.temperature, step=0.05, label="Temperature", **sampling_knob
                     )
-                    top_p = gr.Slider(0.05, 1.0, defaults.top_p, step=0.05, label="Top-p", **sampling_knob)
-                    top_k = gr.Slider(1, 200, defaults.top_k, step=1, label="Top-k", **sampling_knob)
-                    repetition_penalty = gr.Slider(
+                    top_p = setting_slider(0.05, 1.0, defaults.top_p, step=0.05, label="Top-p", **sampling_knob)
+                    top_k = setting_slider(1, 200, defaults.top_k, step=1, label="Top-k", **sampling_knob)
+                    repetition_penalty = setting_slider(
                         1.0, 2.0, defaults.repetition_penalty, step=0.05, label="Repetition penalty"
                     )
-                    max_new_tokens = gr.Slider(1, 2048, defaults.max_new_tokens, step=1, label="Max new tokens")
+                    max_new_tokens = setting_slider(1, 2048, defaults.max_new_tokens, step=1, label="Max new tokens")
         controls = [greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens]
         greedy.change(
             lambda on: [gr.Slider(interactive=not on)] * 3, greedy, [temperature, top_p, top_k],
