@@ -165,9 +165,10 @@ def fresh_image_url(seed: int) -> str:
         (image_url_part("http://no-such-host.invalid/picture.png"), ("cannot be reached",)),
         (image_url_part("file:///etc/hostname"), ("file:// urls",)),
         ({"type": "audio_url", "audio_url": {"url": "file:///etc/hostname"}}, ("file:// urls",)),
+        (image_url_part("data:image/jpeg,hello"), ("corrupt or unsupported image",)),
     ],
     ids=["undecodable-image", "unsupported-audio", "truncated-wav", "zero-byte-audio", "image-above-limit",
-         "image-above-pil-limit", "unresolvable-host", "file-url-image", "file-url-audio"],
+         "image-above-pil-limit", "unresolvable-host", "file-url-image", "file-url-audio", "data-url-without-base64"],
 )  # fmt: skip
 def test_malformed_media_gets_4xx_and_the_server_keeps_serving(server, part, expected_words):
     response = httpx.post(
@@ -208,8 +209,9 @@ def test_replies_end_at_the_stop_tokens_without_stop_token_ids(server, tiny_mode
 
 @pytest.mark.parametrize(
     "roles",
-    [("assistant", "user"), ("system", "user", "assistant", "assistant", "user"), ("user", "assistant")],
-    ids=["assistant-first", "two-assistants", "ends-with-assistant"],
+    [("assistant", "user"), ("system", "user", "assistant", "assistant", "user"), ("user", "assistant"),
+     ("user", "robot", "user")],
+    ids=["assistant-first", "two-assistants", "ends-with-assistant", "unknown-role"],
 )
 def test_turn_order_is_refused_with_model_chats_message(server, roles):
     messages = [{"role": role, "content": f"turn {index}"} for index, role in enumerate(roles)]
