@@ -10,7 +10,8 @@ One conversation goes through four steps:
    the layout vLLM builds from the same prompt. The text is tokenised once
    (so tokenisation is exactly that of the fully expanded text, since `<|unk|>` is a
    special token that always stands alone), and the filler ids are then repeated to their run lengths. The bounds
-   are read off the positions of those runs.
+   are read off the positions of those runs. Control-token strings in message text are tokenised as ordinary
+   characters (`literal_text`).
 4. Labels, when asked for, cover the tokens of assistant turns (their text and `<|turn_end|>`); the turn boundaries
    come from rendering growing prefixes of the conversation, so any prefix-consistent template works.
 
@@ -38,6 +39,7 @@ from .audio_processing import (
 from .batch_format import AudioEncoding, ImageEncoding, MegrezOBatch
 from .chat_template import CHAT_TEMPLATE
 from .image_processing_megrezo import MegrezOImageProcessor, ProcessedImage, pad_slices
+from .literal_text import escape_messages, tokenize_literal
 from .special_tokens import (
     AUDIO_END,
     AUDIO_START,
@@ -360,12 +362,13 @@ class MegrezOProcessor(ProcessorMixin):
         """
         messages = validate_conversation(messages, add_generation_prompt)
         media = self._decode_media(messages)
+        media.template_messages = escape_messages(media.template_messages, self.tokenizer)
         rendered = self.render(media.template_messages, add_generation_prompt)
         text, runs, media_ranges, shifts = self._expand_placeholders(rendered, media)
 
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = torch.tensor(encoded["input_ids"], dtype=torch.long)
-        starts = np.array([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
+        token_ids, offsets = tokenize_literal(self.tokenizer, text)
+        ids = torch.tensor(token_ids, dtype=torch.long)
+        starts = np.array([start for start, _ in offsets], dtype=np.int64)
         marker_tokens = np.searchsorted(starts, [run.char_position for run in runs])
         unk_id = self.token_ids[UNK]
         for run, token_index in zip(runs, marker_tokens.tolist(), strict=True):
