@@ -11,7 +11,6 @@ path of the real model, but its weights are random, so its replies are random wo
 
 import argparse
 import sys
-import threading
 from pathlib import Path
 
 from megrezo.loading import DTYPE_CHOICES, DTYPE_HELP
@@ -38,24 +37,17 @@ def parse_args() -> argparse.Namespace:
 
 
 def reply(model, messages: list[dict], stream: bool, max_new_tokens: int) -> str:
-    """One reply, printed as it is generated when streaming (generation runs in a thread that feeds the streamer)."""
+    """One reply, printed as it is generated when streaming."""
     if not stream:
         text = model.chat(messages, max_new_tokens=max_new_tokens)
         print(text)
         return text
-    from transformers import TextIteratorStreamer
-
-    streamer = TextIteratorStreamer(model.chat_processor().tokenizer, skip_prompt=True, skip_special_tokens=True)
-    result = {}
-    worker = threading.Thread(
-        target=lambda: result.setdefault("text", model.chat(messages, max_new_tokens=max_new_tokens, streamer=streamer))
-    )
-    worker.start()
-    for piece in streamer:
+    pieces = []
+    for piece in model.chat(messages, max_new_tokens=max_new_tokens, stream=True):
         print(piece, end="", flush=True)
-    worker.join()
+        pieces.append(piece)
     print()
-    return result["text"]
+    return "".join(pieces)
 
 
 def main() -> None:

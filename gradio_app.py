@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from megrezo.loading import DTYPE_CHOICES, DTYPE_HELP, dtype_from_name
 from megrezo.quantization import QUANTIZATIONS
+from megrezo.sampling_settings import check_setting
 
 if TYPE_CHECKING:  # gradio and torch are imported where they are used, so that --help answers at once
     import gradio as gr
@@ -205,6 +206,39 @@ def takes_sampling_controls(
 
     event.__signature__ = inspect.Signature(parameters + controls)
     return event
+
+
+SETTING_OF_LABEL = {
+    "Temperature": "temperature",
+    "Top-p": "top_p",
+    "Top-k": "top_k",
+    "Repetition penalty": "repetition_penalty",
+    "Max new tokens": "max_new_tokens",
+}
+"""The generation controls' labels and the `model.chat` settings they set."""
+
+
+def setting_slider(minimum: float, maximum: float, value: float, label: str, **kwargs: Any) -> gr.Slider:
+    """A generation control whose refusals name it. A value from the API that is no number, not finite, breaks the
+    setting's rule (`megrezo.sampling_settings`, as in `model.chat`) or lies outside the slider is refused with the
+    control's label, as one line in the log. (Gradio writes a stub file for every subclass of a component, so the
+    check replaces this slider's own `preprocess` instead.)"""
+    import gradio as gr
+
+    slider = gr.Slider(minimum, maximum, value, label=label, **kwargs)
+    setting, within_slider = SETTING_OF_LABEL[label], slider.preprocess
+
+    def preprocess(payload: Any) -> float:
+        try:
+            number = check_setting(setting, payload, label=label)
+        except ValueError as error:
+            raise refused(str(error)) from None
+        if not minimum <= number <= maximum:
+            raise refused(f"{label} must be between {minimum:g} and {maximum:g}, got {payload!r}")
+        return within_slider(number)
+
+    slider.preprocess = preprocess
+    return slider
 
 
 class GenerationStopped(Exception):
@@ -376,15 +410,15 @@ def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:
                 with gr.Accordion("Generation", open=True):
                     greedy = gr.Checkbox(defaults.greedy, label="Greedy decoding (off: sample)")
                     sampling_knob = {"interactive": not defaults.greedy}  # greedy decoding ignores these three
-                    temperature = gr.Slider(
+                    temperature = setting_slider(
                         0.05, 2.0, defaults.temperature, step=0.05, label="Temperature", **sampling_knob
                     )
-                    top_p = gr.Slider(0.05, 1.0, defaults.top_p, step=0.05, label="Top-p", **sampling_knob)
-                    top_k = gr.Slider(1, 200, defaults.top_k, step=1, label="Top-k", **sampling_knob)
-                    repetition_penalty = gr.Slider(
+                    top_p = setting_slider(0.05, 1.0, defaults.top_p, step=0.05, label="Top-p", **sampling_knob)
+                    top_k = setting_slider(1, 200, defaults.top_k, step=1, label="Top-k", **sampling_knob)
+                    repetition_penalty = setting_slider(
                         1.0, 2.0, defaults.repetition_penalty, step=0.05, label="Repetition penalty"
                     )
-                    max_new_tokens = gr.Slider(1, 2048, defaults.max_new_tokens, step=1, label="Max new tokens")
+                    max_new_tokens = setting_slider(1, 2048, defaults.max_new_tokens, step=1, label="Max new tokens")
         controls = [greedy, temperature, top_p, top_k, repetition_penalty, max_new_tokens]
         greedy.change(
             lambda on: [gr.Slider(interactive=not on)] * 3, greedy, [temperature, top_p, top_k],

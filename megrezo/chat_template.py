@@ -17,7 +17,10 @@ DEFAULT_SYSTEM_PROMPT = "你是Megrez-3B-Instruct，将针对用户的问题给�
 
 TURN_ORDER_CHECK = (
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' and loop.first -%}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}"
+    "{{- raise_exception('messages[' ~ loop.index0 ~ ']: unknown role \\'' ~ message['role'] ~ '\\'; expected one of "
+    "system, user, assistant') -}}"
+    "{%- elif message['role'] == 'assistant' and loop.first -%}"
     "{{- raise_exception('messages[0]: a conversation cannot start with an assistant turn') -}}"
     "{%- elif message['role'] == 'assistant' and loop.previtem['role'] == 'assistant' -%}"
     "{{- raise_exception('messages[' ~ loop.index0 ~ ']: two assistant turns in a row (messages ' ~ (loop.index0 - 1)"
@@ -29,9 +32,9 @@ TURN_ORDER_CHECK = (
     "(add_generation_prompt=True); end it with a user turn') -}}"
     "{%- endif -%}"
 )
-"""The turn-order rule of `conversation.validate_conversation`, word for word, for front ends that render the
-template without calling it (vLLM's OpenAI server): an assistant turn never comes first or twice in a row, and a
-reply is only asked for after a user turn."""
+"""The role and turn-order rules of `conversation.validate_conversation`, word for word, for front ends that render the
+template without calling it (vLLM's OpenAI server): the roles are system, user and assistant, an
+assistant turn never comes first or twice in a row, and a reply is only asked for after a user turn."""
 
 CHAT_TEMPLATE = TURN_ORDER_CHECK + (
     "{%- set audio = namespace(count=0) -%}"

@@ -27,11 +27,14 @@ from .conversation_media import decode_media  # noqa: F401  (module cache, see c
 from .cpu_kernels import copy_off_checkpoint_file, use_cpu_encoder_choice, use_cpu_kernels
 from .cpu_plan import CpuPlan, cpu_plan
 from .image_processing_megrezo import MegrezOImageProcessor  # noqa: F401  (module cache, see compat.py)
+from .literal_text import tokenize_literal  # noqa: F401  (module cache, see compat.py)
 from .modeling_navit_siglip import NavitSiglipVisionTransformer  # noqa: F401  (module cache, see compat.py)
 from .processing_megrezo import MegrezOProcessor
 from .prompt_layout import expand_placeholders  # noqa: F401  (module cache, see compat.py)
 from .resampler import Resampler
+from .sampling_settings import check_setting, check_settings
 from .special_tokens import EOS, PAD, TURN_END
+from .streaming import stream_reply
 from .training_labels import assistant_labels  # noqa: F401  (module cache, see compat.py)
 from .vision import VisionTower
 
@@ -208,6 +211,7 @@ class MegrezO(MegrezOPreTrainedModel):
         streamer=None,
         processor: MegrezOProcessor | None = None,
         return_tokens: bool = False,
+        stream: bool = False,
         **generation_overrides,
     ) -> str | list[str] | list[int] | list[list[int]]:
         """Reply to one conversation (a list of `{"role", "content"}` dicts) or to a list of conversations, which
@@ -220,17 +224,54 @@ class MegrezO(MegrezOPreTrainedModel):
         `generate` as they are.
         Decoding stops at `<|turn_end|>` or `<|eos|>`; the reply is the text before the stop token, decoded without
         special tokens. `streamer` (e.g. a fresh `TextIteratorStreamer` per call) works with one conversation.
-        `return_tokens=True` returns the generated ids before the stop token instead of text.
+        `return_tokens=True` returns the generated ids before the stop token instead of text. `stream=True` (one
+        conversation) returns an iterator of the reply's text pieces instead: the chat runs in a thread, and its
+        error, if it fails, is raised in the loop over the pieces. A `streamer` of your own is ended when the chat
+        fails, so that a loop over it stops; the error is raised where `chat` was called.
+        Generation settings are checked first (`megrezo.sampling_settings`): a bad one is a ValueError naming it.
         A reply never runs past the model's last position: `max_new_tokens` is lowered to the positions the prompt
         leaves (4,096 minus the prompt's length), and a prompt that leaves none is refused.
         """
+        if stream:
+            if streamer is not None or return_tokens:
+                raise ValueError("stream=True yields the reply's text: leave out streamer= and return_tokens=")
+            if isinstance(messages, list | tuple) and messages and not isinstance(messages[0], dict):
+                raise ValueError(f"stream=True works with one conversation, got {len(messages)}")
+            tokenizer = (processor or self.chat_processor()).tokenizer
+            return stream_reply(
+                lambda own: self._reply(
+                    messages, sampling, max_new_tokens, own, processor, False, **generation_overrides
+                ),
+                tokenizer,
+            )
+        try:
+            return self._reply(
+                messages, sampling, max_new_tokens, streamer, processor, return_tokens, **generation_overrides
+            )
+        except BaseException:
+            end = getattr(streamer, "end", None)
+            if callable(end):  # a loop over the streamer in another thread stops instead of waiting for ever
+                end()
+            raise
+
+    def _reply(
+        self,
+        messages: list[dict] | list[list[dict]],
+        sampling: bool = False,
+        max_new_tokens: int = 512,
+        streamer=None,
+        processor: MegrezOProcessor | None = None,
+        return_tokens: bool = False,
+        **generation_overrides,
+    ) -> str | list[str] | list[int] | list[list[int]]:
+        """`chat` without `stream`: the reply (or replies) once generation is done."""
         if not isinstance(messages, list | tuple):
             raise ValueError(
                 f"messages must be a conversation (a list of message dicts) or a list of conversations, "
                 f"got {type(messages).__name__}"
             )
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        max_new_tokens = check_setting("max_new_tokens", max_new_tokens)
+        generation_overrides = check_settings(generation_overrides)
         processor = processor or self.chat_processor()
         single = len(messages) > 0 and isinstance(messages[0], dict)
         conversations = [messages] if single else list(messages)

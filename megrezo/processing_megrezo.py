@@ -6,7 +6,8 @@
    and cut into clips of at most 30 s.
 3. The chat template renders the conversation with one placeholder per media item (`chat_template.py`).
 4. `prompt_layout.py`: each placeholder becomes its token layout, the text is tokenised once and the filler runs
-   get their lengths; a sample longer than the model's positions (or a training `max_length`) is refused.
+   get their lengths (control-token strings in message text are tokenised as ordinary characters,
+   `literal_text.py`); a sample longer than the model's positions (or a training `max_length`) is refused.
 5. `training_labels.py`: labels, when asked for, cover the tokens of assistant turns.
 6. `batch_collation.py`: the sample's media encodings with their bounds, and samples padded into a batch.
 
@@ -30,6 +31,7 @@ from .compat import HUB_KWARGS, read_saved_file, write_release_tokenizer_files
 from .conversation import Conversation, validate_conversation
 from .conversation_media import decode_audio_item, decode_media, has_audio
 from .image_processing_megrezo import MegrezOImageProcessor, ProcessedImage
+from .literal_text import escape_messages
 from .prompt_layout import check_length, expand_placeholders, tokenize_with_fillers
 from .special_tokens import (
     AUDIO_END,
@@ -188,6 +190,7 @@ class MegrezOProcessor(ProcessorMixin):
         if has_audio(messages):
             self._require_audio_tokens()
         media = decode_media(messages, self.process_image)
+        media.template_messages = escape_messages(media.template_messages, self.tokenizer)
         rendered = self.render(media.template_messages, add_generation_prompt)
         prompt = expand_placeholders(
             rendered, media, self.image_processor.image_feature_size, self.audio_start_token, self.audio_end_token

@@ -19,6 +19,7 @@ import torch
 from .audio_processing import audio_span_length
 from .conversation_media import ConversationMedia
 from .image_processing_megrezo import ProcessedImage
+from .literal_text import tokenize_literal
 from .special_tokens import IMAGE_END, IMAGE_ID_END, IMAGE_ID_START, IMAGE_START, SLICE_END, SLICE_START, UNK
 
 IMAGE_PLACEHOLDER = "(<image>./</image>)"
@@ -120,9 +121,9 @@ def expand_placeholders(
 def tokenize_with_fillers(tokenizer, prompt: ExpandedPrompt, unk_id: int) -> TokenizedPrompt:
     """Tokenise the expanded text once, check that every run's `<|unk|>` is a token of its own, and repeat it to
     the run's length."""
-    encoded = tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = torch.tensor(encoded["input_ids"], dtype=torch.long)
-    starts = np.array([start for start, _ in encoded["offset_mapping"]], dtype=np.int64)
+    token_ids, offsets = tokenize_literal(tokenizer, prompt.text)
+    ids = torch.tensor(token_ids, dtype=torch.long)
+    starts = np.array([start for start, _ in offsets], dtype=np.int64)
     marker_tokens = np.searchsorted(starts, [run.char_position for run in prompt.runs])
     for run, token_index in zip(prompt.runs, marker_tokens.tolist(), strict=True):
         if token_index >= len(ids) or starts[token_index] != run.char_position or int(ids[token_index]) != unk_id:

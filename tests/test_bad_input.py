@@ -176,12 +176,13 @@ def test_integer_pcm_stored_as_floats_is_refused_like_integer_pcm(tiny_model):
 
 
 def test_chat_template_refuses_exactly_what_validate_conversation_refuses(tiny_model):
-    """The turn-order rule lives in `validate_conversation` (model.chat, the processor) and in the chat template
-    (vLLM's server renders the template without calling Python): over every role sequence up to four turns, with and
-    without a generation prompt, both refuse the same conversations with the same message."""
+    """The role and turn-order rules live in `validate_conversation` (model.chat, the processor) and in the chat
+    template (vLLM's server renders the template without calling Python): over every role sequence up to four turns
+    (an unknown role among them), with and without a generation prompt, both refuse the same conversations with the
+    same message."""
     processor = tiny_model.chat_processor()
     for length in range(1, 5):
-        for roles in itertools.product(("system", "user", "assistant"), repeat=length):
+        for roles in itertools.product(("system", "user", "assistant", "robot"), repeat=length):
             if "system" in roles[1:]:
                 continue
             messages = [{"role": role, "content": f"turn {index}"} for index, role in enumerate(roles)]

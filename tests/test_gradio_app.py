@@ -329,3 +329,26 @@ def test_user_turn_puts_images_before_audio_before_text(media):
     assert turn == {"role": "user", "content": [
         {"path": str(media["image"])}, {"path": str(media["speech"])}, {"type": "text", "text": "Look"},
     ]}
+
+
+BAD_CONTROLS = {
+    "top-k below its slider": ({"top_k": 0}, r"Top-k must be between 1 and 200, got 0"),
+    "top-p above 1": ({"top_p": 1.5}, r"Top-p must be a number in \(0, 1\], got 1\.5"),
+    "temperature as text": ({"temperature": "0.5"}, r"Temperature must be a finite number >= 0 .*, got '0\.5' \(str\)"),
+    "max new tokens as text": ({"max_new_tokens": "many"}, r"Max new tokens must be a positive integer, got 'many'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CONTROLS, ids=list(BAD_CONTROLS))
+def test_bad_generation_setting_names_its_control(app_url, app_folder, case):
+    """The API takes any value for a slider; a bad one is refused with the control's label, as `model.chat`'s
+    rules (megrezo.sampling_settings) say, and logged as one line."""
+    controls, message = BAD_CONTROLS[case]
+    client = Client(app_url, verbose=False)
+    log_before = (app_folder / "app.log").read_text()
+    with pytest.raises(AppError, match=message):
+        send(client, "Hello?", greedy=False, **controls)
+    logged = (app_folder / "app.log").read_text()[len(log_before) :]
+    assert "Traceback" not in logged
+    assert logged.count("refused a request: ") == 1
+    assert not (REPO / "gradio_app.pyi").exists()  # no stub file written beside the app

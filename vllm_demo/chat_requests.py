@@ -1,7 +1,7 @@
 """From `model.chat`-style messages to vLLM requests, and the authors' sampling settings.
 
-`to_vllm_request` renders the conversation with the checkpoint's chat template through the `megrezo` processor, so
-the prompt text is the one `model.chat` tokenizes, with one `(<image>./</image>)` per image and one
+`to_vllm_request` renders the conversation with the checkpoint's chat template through the `megrezo` processor and
+tokenizes it as `model.chat` does, with one `(<image>./</image>)` per image and one
 `Audio k: (<audio>./</audio>)` per audio item; vLLM's multimodal processor (`vllm_demo.processing`) later expands
 each placeholder, an audio item longer than 30 s into its clips' layouts back to back, as `model.chat` does. Media
 are decoded here, by the `megrezo` processor, into what vLLM accepts: RGB PIL images and 16 kHz mono waveforms.
@@ -15,6 +15,7 @@ from megrezo import special_tokens as tok
 from megrezo.audio_processing import SAMPLING_RATE
 from megrezo.conversation import media_items, template_view, validate_conversation
 from megrezo.image_processing_megrezo import load_image
+from megrezo.literal_text import escape_messages, tokenize_literal, unescape
 from megrezo.processing_megrezo import MegrezOProcessor
 
 AUTHORS_REPETITION_PENALTY = 1.2
@@ -22,9 +23,11 @@ AUTHORS_REPETITION_PENALTY = 1.2
 
 
 def to_vllm_request(processor: MegrezOProcessor, messages: list[dict], add_generation_prompt: bool = True) -> dict:
-    """`{"prompt": str, "multi_modal_data": {...}}` for `LLM.generate`, from messages in `model.chat`'s format:
-    `{"role": ..., "content": str | {"text": ..., "image": ..., "audio": ...}}`, media as paths, bytes, arrays,
-    PIL images or `(array, sampling_rate)`; a list holds several items."""
+    """`{"prompt_token_ids": [...], "prompt": str, "multi_modal_data": {...}}` for `LLM.generate`, from messages in
+    `model.chat`'s format: `{"role": ..., "content": str | {"text": ..., "image": ..., "audio": ...}}`, media as
+    paths, bytes, arrays, PIL images or `(array, sampling_rate)`; a list holds several items. The ids are
+    `model.chat`'s: control-token strings in message text are ordinary characters (`megrezo.literal_text`); the
+    prompt text is for reading."""
     messages = validate_conversation(messages, add_generation_prompt)
     media: dict[str, list] = {}
     for message in messages:
@@ -35,7 +38,11 @@ def to_vllm_request(processor: MegrezOProcessor, messages: list[dict], add_gener
             media.setdefault("image", []).append(load_image(item))
         for item in media_items(content.get("audio")):
             media.setdefault("audio", []).append((np.concatenate(processor.process_audio(item)), SAMPLING_RATE))
-    request: dict[str, Any] = {"prompt": processor.render(template_view(messages), add_generation_prompt)}
+    rendered = processor.render(escape_messages(template_view(messages), processor.tokenizer), add_generation_prompt)
+    request: dict[str, Any] = {
+        "prompt_token_ids": tokenize_literal(processor.tokenizer, rendered)[0],
+        "prompt": unescape(rendered, processor.tokenizer),
+    }
     if media:
         request["multi_modal_data"] = media
     return request

@@ -10,12 +10,14 @@ itself fails on the CPU wheel's distribution name and the request gets HTTP 500.
 Images are decoded by vLLM, after megrezo's size check on the header: an image above megrezo's pixel limit is
 refused with megrezo's message (HTTP 400) before any pixel is decoded. Mistakes in a media URL are the client's
 and get HTTP 400 too: a host that does not resolve or refuses the connection, and `file://` URLs on a server
-started without `--allowed-local-media-path`.
+started without `--allowed-local-media-path`. Data URLs without `;base64` (RFC 2397's percent-encoded form, which
+vLLM answers with HTTP 501) are read as well, so their bytes get the same checks as any other.
 """
 
 import io
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import aiohttp
 import numpy as np
@@ -90,6 +92,12 @@ class MegrezOMediaConnector(MediaConnector):
             return await super().load_from_url_async(url, media_io, fetch_timeout=fetch_timeout)
         except UNREACHABLE_HOST_ERRORS as error:
             raise _unreachable(url, error) from error
+
+    def _load_data_url(self, url: str, media_io: Any) -> Any:
+        spec, separator, data = url[5:].partition(",")
+        if separator and spec.rpartition(";")[2] != "base64":
+            return media_io.load_bytes(unquote_to_bytes(data))
+        return super()._load_data_url(url, media_io)
 
     def _image_io(self, image_mode: str | None) -> MegrezOImageMediaIO:
         return MegrezOImageMediaIO(**({"image_mode": image_mode} | self.media_io_kwargs.get("image", {})))

@@ -31,13 +31,34 @@ from vllm.multimodal.processing import (
 from vllm.multimodal.processing.processor import ResolvedPromptUpdate
 
 from megrezo import special_tokens as tok
+from megrezo.audio_processing import CLIP_SAMPLES, MIN_CLIP_SAMPLES, audio_span_length, split_into_clips
 from megrezo.image_processing_megrezo import ProcessedImage
 from megrezo.processing_megrezo import MegrezOProcessor
 from megrezo.prompt_layout import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, image_layout
 
 SAMPLING_RATE = 16000
-DUMMY_AUDIO_SECONDS = 30
-"""The profiling clip: one full Whisper window, the longest single clip (752 positions)."""
+PER_REQUEST_OPTIONS = ("max_slice_nums",)
+"""The `mm_processor_kwargs` a request may set."""
+
+
+def audio_layout_length(num_samples: int) -> int:
+    """Positions an audio item of `num_samples` samples (16 kHz) fills: for each of its 30 s clips, the start
+    marker, the clip's span and the end marker."""
+    clips = split_into_clips(np.zeros(num_samples, dtype=np.float32))
+    return sum(audio_span_length(len(clip))[2] + 2 for clip in clips)
+
+
+def longest_audio_samples(positions: int) -> int:
+    """Samples of the longest recording whose layout fits in `positions` (a binary search over the layout length,
+    which grows with the recording)."""
+    low, high = MIN_CLIP_SAMPLES, (positions // audio_layout_length(CLIP_SAMPLES) + 1) * CLIP_SAMPLES
+    while low < high:
+        middle = (low + high + 1) // 2
+        if audio_layout_length(middle) <= positions:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def pack_strips_uint8(strips: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -79,8 +100,29 @@ class MegrezOProcessingInfo(BaseProcessingInfo):
         return {"image": None, "audio": None}
 
     def get_supported_mm_processor_kwargs(self) -> dict[str, set[str]]:
-        """No per-request processor options: slicing and features follow the checkpoint's settings."""
+        """No option is routed into transformers' processor scopes: the one per-request option, `max_slice_nums`,
+        stays a flat key that `slice_limit` reads."""
         return {}
+
+    def slice_limit(self, mm_processor_kwargs: Mapping[str, object]) -> int | None:
+        """The request's `max_slice_nums` (its `mm_processor_kwargs`), as MiniCPM-V takes it: at most that many tiles
+        per image, 1 for the source slice alone. Memory was profiled for the checkpoint's `max_slice_nums`, so it is
+        the highest value taken. Any other option is refused by name rather than silently ignored."""
+        unknown = sorted(set(mm_processor_kwargs) - set(PER_REQUEST_OPTIONS))
+        if unknown:
+            raise ValueError(
+                f"mm_processor_kwargs {unknown} are not supported: Megrez-3B-Omni takes only {list(PER_REQUEST_OPTIONS)}"
+            )
+        value = mm_processor_kwargs.get("max_slice_nums")
+        if value is None:
+            return None
+        highest = self.get_hf_processor().image_processor.max_slice_nums
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
+            raise ValueError(
+                f"mm_processor_kwargs max_slice_nums must be an integer from 1 to {highest} (the checkpoint's "
+                f"max_slice_nums), got {value!r}"
+            )
+        return value
 
     def get_data_parser(self) -> MultiModalDataParser:
         """Audio arrives mono at 16 kHz, resampled with soxr as `megrezo.audio_processing` does."""
@@ -92,6 +134,19 @@ class MegrezOProcessingInfo(BaseProcessingInfo):
             allow_missing_mm_embeddings=self.allow_missing_mm_embeddings,
         )
 
+    def check_audio_fits(self, index: int, num_samples: int) -> None:
+        """Refuses, with what to change, a recording whose layout alone is longer than the model's length: vLLM's
+        own message would point at `--limit-mm-per-prompt`, which cannot help."""
+        max_model_len = self.ctx.model_config.max_model_len
+        positions = audio_layout_length(num_samples)
+        if positions > max_model_len:
+            longest = longest_audio_samples(max_model_len) / SAMPLING_RATE
+            raise ValueError(
+                f"audio {index} is {num_samples / SAMPLING_RATE:.1f} s long and takes {positions} positions, more than "
+                f"the model's {max_model_len} (--max-model-len): at most {longest:.1f} s of audio fit in one request; "
+                "send a shorter recording, or its parts in separate requests"
+            )
+
     def image_size_with_most_slices(self) -> tuple[int, int]:
         """(width, height) of an image that the slicing rules cut into the most slices: 1 x max_slice_nums tiles
         of scale_resolution squares, plus the source slice."""
@@ -101,7 +156,10 @@ class MegrezOProcessingInfo(BaseProcessingInfo):
 
 
 class MegrezODummyInputsBuilder(BaseDummyInputsBuilder[MegrezOProcessingInfo]):
-    """Largest inputs for vLLM's memory profiling: the image with the most slices and a full 30 s clip."""
+    """Largest inputs for vLLM's memory profiling: the image with the most slices and the longest recording that
+    fits in the model's length (`--max-model-len`). vLLM sizes its encoder cache, and so the largest item it
+    accepts, from these: with a 30 s dummy clip it refused any longer recording once `--max-num-batched-tokens`
+    was below the recording's positions (chunked prefill)."""
 
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
         return IMAGE_PLACEHOLDER * mm_counts.get("image", 0) + AUDIO_PLACEHOLDER * mm_counts.get("audio", 0)
@@ -115,7 +173,7 @@ class MegrezODummyInputsBuilder(BaseDummyInputsBuilder[MegrezOProcessingInfo]):
                 width=width, height=height, num_images=mm_counts.get("image", 0), overrides=mm_options.get("image")
             ),
             "audio": self._get_dummy_audios(
-                length=DUMMY_AUDIO_SECONDS * SAMPLING_RATE,
+                length=longest_audio_samples(self.info.ctx.model_config.max_model_len),
                 num_audios=mm_counts.get("audio", 0),
                 overrides=mm_options.get("audio"),
             ),
@@ -131,16 +189,18 @@ class MegrezOMultiModalProcessor(BaseMultiModalProcessor[MegrezOProcessingInfo])
         - audio: `audio_features` [C, 128, 3000], `audio_lengths` [C, 2] (T1, T2), for the item's C clips.
         """
         processor = self.info.get_hf_processor()
+        slice_limit = self.info.slice_limit(hf_kwargs)
         outputs: dict[str, list[torch.Tensor]] = {}
         images = hf_data.get("images") or []
         for image in images:
-            processed = processor.process_image(image)
+            processed = processor.image_processor.process_image(image, max_slice_nums=slice_limit)
             outputs.setdefault("pixel_values", []).append(pack_strips_uint8(processed.strips))
             outputs.setdefault("tgt_sizes", []).append(torch.tensor(processed.tgt_sizes, dtype=torch.long))
             outputs.setdefault("image_grid", []).append(image_grid_tensor(processed.grid))
         audios = hf_data.get("audio") or []
-        for audio in audios:
+        for index, audio in enumerate(audios):
             clips = processor.process_audio(np.asarray(audio, dtype=np.float32))
+            self.info.check_audio_fits(index, sum(len(clip) for clip in clips))
             encoding = processor.audio_clip_encoder(clips)
             outputs.setdefault("audio_features", []).append(encoding["input_audios"])
             outputs.setdefault("audio_lengths", []).append(encoding["input_audio_lengths"])
@@ -163,7 +223,9 @@ class MegrezOMultiModalProcessor(BaseMultiModalProcessor[MegrezOProcessingInfo])
         hf_processor_mm_kwargs: Mapping[str, object],
         out_mm_kwargs: MultiModalKwargsItems,
     ) -> Sequence[PromptUpdate]:
-        """Each placeholder becomes its item's layout; only the `<|unk|>` fillers take encoder vectors."""
+        """Each placeholder becomes its item's layout; only the `<|unk|>` fillers take encoder vectors. (The
+        options are checked here too: items found in vLLM's cache skip `_call_hf_processor`.)"""
+        self.info.slice_limit(hf_processor_mm_kwargs)
         processor = self.info.get_hf_processor()
         tokenizer = self.info.get_tokenizer()
         unk_id = processor.token_ids[tok.UNK]
