@@ -1,8 +1,8 @@
 """Chat with Megrez-3B-Omni through transformers: one turn with a picture, a spoken question and text, then a
 text-only follow-up that refers back to them.
 
-    python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--stream]
-                              [--quant int8]
+    python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
+                              [--quant int8] [--stream]
 
 Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
 path of the real model, but its weights are random, so its replies are random words.
