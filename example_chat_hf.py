@@ -2,8 +2,8 @@
 text-only follow-up that refers back to them (the picture and recording are data/sample_image.jpg and
 data/sample_audio.wav).
 
-    python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16] [--stream]
-                              [--quant int8]
+    python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
+                              [--quant int8] [--stream]
 
 Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
 path of the real model, but its weights are random, so its replies are random words.

@@ -10,7 +10,7 @@ cores convert faster than the memory delivers bfloat16 (on two cores it does not
 
 Where the CPU has no bfloat16 instructions, torch emulates bfloat16 arithmetic, and long inputs (a prompt, image
 patches, audio frames) multiply several times faster in float32. `Bf16WeightLinear` keeps the weight in bfloat16
-and, for such inputs, converts it to float32 one block of rows at a time into a reused buffer (`blockwise_linear`):
+and, for such inputs, converts it to float32 into a reused buffer as the layer runs (`blockwise_linear`):
 the arithmetic of float32 at the memory of bfloat16.
 
 transformers memory-maps the checkpoint file on the CPU, and the mapping lives as long as any tensor points into it.
@@ -104,7 +104,7 @@ class Bf16WeightLinear(nn.Module):
 
 INT8_KERNEL_MAX_ROWS = 16
 """Up to this many input rows (decode) the int8 kernel runs; longer inputs (prefill) are compute-bound, and a
-converted copy of the weight (block by block) multiplies them faster."""
+copy of the weight converted into a reused buffer multiplies them faster."""
 
 
 class Int8WeightLinear(nn.Module):

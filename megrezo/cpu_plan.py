@@ -10,7 +10,7 @@ has no bfloat16 instructions. So:
 
 - `avx512_bf16` (AVX512-BF16 or AMX-BF16): everything in bfloat16; the language model's layers reordered for oneDNN.
 - `avx512`, `avx2` and `generic` (any other CPU, ARM included): decode multiplies in bfloat16 with torch's own
-  kernel; prefill and both encoders multiply in float32, from bfloat16 weights converted block by block as each layer
+  kernel; prefill and both encoders multiply in float32, from bfloat16 weights converted as each layer
   runs (so memory stays that of bfloat16 weights).
 
 `MEGREZO_CPU_CLASS` (one of CPU_CLASSES) forces a class, so that every path can be tested on one machine; a class
@@ -36,7 +36,7 @@ PACKED = "onednn_packed"
 TORCH = "torch"
 """torch's own kernel on the weight as stored."""
 FROM_BF16 = "fp32_from_bf16"
-"""bfloat16 weight converted to float32 block by block during the call (cpu_kernels.Bf16WeightLinear)."""
+"""bfloat16 weight converted to float32 into a reused buffer during the call (cpu_kernels.Bf16WeightLinear)."""
 
 
 @dataclass(frozen=True)
