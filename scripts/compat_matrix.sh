@@ -6,9 +6,9 @@
 #   bash scripts/compat_matrix.sh --ci           # oldest 4.x, latest 4.x, 5.0 and the newest 5.x
 #   bash scripts/compat_matrix.sh 4.45.2 5.22.2  # these versions
 #
-# Needs .venv (`make setup`). Works in MEGREZO_COMPAT_DIR (default .venv-compat): one venv with torch and only what
-# the checkpoint's code imports (pillow, soundfile; numpy, safetensors and tokenizers come with transformers), into
-# which each version of transformers is installed in turn. The tiny checkpoint is copied out of the project and each
+# Needs .venv (`make setup`). Works in MEGREZO_COMPAT_DIR (default .venv-compat): a venv per version with torch and
+# only what the checkpoint's code imports (pillow, soundfile; numpy, safetensors and tokenizers come with
+# transformers), kept for the next run (about 1.5 GB each). The tiny checkpoint is copied out of the project and each
 # check runs from another directory without PYTHONPATH, so only the folder's own code serves. Writes the Markdown
 # table to $MEGREZO_COMPAT_DIR/matrix.md and exits non-zero unless every row matches the pinned version.
 set -euo pipefail
@@ -39,16 +39,20 @@ cp -r "$tiny" "$DIR/run/tiny"
 # The reference: the pinned version, in .venv.
 (cd "$DIR/run" && env -u PYTHONPATH "$ROOT/.venv/bin/python" "$CHECK" check tiny release "reference.json" </dev/null)
 
-VENV="$DIR/venv"
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip "$@" 2>&1 | grep -v "^WARNING: Location" || true; return "${PIPESTATUS[0]}"; }
-pip install -q --progress-bar off torch==2.13.0 pillow soundfile
+pip() { "$venv/bin/python" -m pip "$@" 2>&1 | grep -v "^WARNING: Location" || true; return "${PIPESTATUS[0]}"; }
 results=""
 for version in $versions; do
   echo "compat_matrix: transformers $version"
   version_start=$(date +%s)
-  pip install -q --progress-bar off "transformers==$version"
-  (cd "$DIR/run" && env -u PYTHONPATH "$VENV/bin/python" "$CHECK" check tiny release "$version.json" </dev/null)
+  # A venv of its own per version: packages that one version pulls in (e.g. `kernels`) change what another imports.
+  venv="$DIR/tf-$version"
+  if [ ! -f "$venv/.ready" ]; then
+    rm -rf "$venv"
+    "$PY" -m venv "$venv"
+    pip install -q --progress-bar off torch==2.13.0 pillow soundfile "transformers==$version"
+    touch "$venv/.ready"
+  fi
+  (cd "$DIR/run" && env -u PYTHONPATH "$venv/bin/python" "$CHECK" check tiny release "$version.json" </dev/null)
   echo "compat_matrix: transformers $version took $(( $(date +%s) - version_start )) s"
   results="$results $DIR/run/$version.json"
 done
