@@ -96,7 +96,8 @@ class MegrezOProcessor(ProcessorMixin):
         """Loads the three parts itself, the same way in every transformers version (each version's ProcessorMixin
         finds sub-processors differently): the image processor from preprocessor_config.json, the tokenizer, and the
         Whisper settings and placeholder strings from processor_config.json, or the contract's (128 mel bins,
-        16 kHz) for a checkpoint without one (the release). Keywords override the saved settings."""
+        16 kHz) for a checkpoint without one (the release). Keywords override the saved settings; an `image_processor`
+        or `tokenizer` passed in (vLLM passes its own tokenizer) is used instead of loading one."""
         kwargs.pop("_from_auto", None)
         hub = {key: kwargs.pop(key) for key in HUB_KWARGS if key in kwargs}
         # AutoTokenizer reads config.json, whose auto_map names the folder's code.
@@ -106,9 +107,15 @@ class MegrezOProcessor(ProcessorMixin):
         whisper = {key: value for key, value in whisper.items() if key in WHISPER_SETTINGS}
         chat_template = read_saved_file(pretrained_model_name_or_path, "chat_template.jinja", hub)
         settings = {key: saved[key] for key in ("audio_start_token", "audio_end_token", "max_positions") if key in saved}
+        image_processor = kwargs.pop("image_processor", None) or MegrezOImageProcessor.from_pretrained(
+            pretrained_model_name_or_path, **hub
+        )
+        tokenizer = kwargs.pop("tokenizer", None) or AutoTokenizer.from_pretrained(
+            pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **hub
+        )
         return cls(
-            MegrezOImageProcessor.from_pretrained(pretrained_model_name_or_path, **hub),
-            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, trust_remote_code=trust_remote_code, **hub),
+            image_processor,
+            tokenizer,
             WhisperFeatureExtractor(**whisper),
             **({"chat_template": chat_template} if chat_template else {}) | settings | kwargs,
         )
