@@ -2,10 +2,12 @@
 text-only follow-up that refers back to them.
 
     python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype float32|bfloat16|float16] [--stream]
-                              [--quant int8]
+                              [--quant int8] [--gguf FILE]
 
 Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
 path of the real model, but its weights are random, so its replies are random words.
+With --gguf (a file from `python -m megrezo.gguf export`) the language model runs in llama.cpp, the encoders in torch
+on the CPU (needs `make setup-llamacpp`).
 """
 
 import argparse
@@ -31,6 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on cuda, else float32")
     parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
+    parser.add_argument("--gguf", help="run the language model in llama.cpp from this GGUF file (on the CPU)")
     parser.add_argument("--stream", action="store_true", help="print the reply while it is generated")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     return parser.parse_args()
@@ -57,11 +60,13 @@ def reply(model, messages: list[dict], stream: bool, max_new_tokens: int) -> str
 
 def main() -> None:
     args = parse_args()
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    on_gpu = args.device.startswith("cuda") and not args.gguf
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if on_gpu else torch.float32)
     from megrezo.tiny import model_path_or_tiny
 
     model_path = model_path_or_tiny(args.model_path)
-    model = load_chat_model(model_path, args.device, dtype, args.quant)
+    device = "cpu" if args.gguf else args.device
+    model = load_chat_model(model_path, device, dtype, args.quant, gguf=args.gguf)
 
     messages = [
         {

@@ -1,6 +1,7 @@
 """Gradio chat app for Megrez-3B-Omni: text, images and speech in, streamed text out.
 
     python gradio_app.py [--model_path PATH] [--port 7860] [--host 127.0.0.1] [--share false] [--quant int8]
+                         [--gguf FILE]
 
 The page's events are also an API (gradio_client): `/chat` (message {"text", "files"}, recording, generation
 settings), `/regenerate` and `/clear`, each within the caller's session.
@@ -418,8 +419,9 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def load_engine(model_path: str | Path, device: str, dtype: torch.dtype, quant: str | None = None) -> ChatEngine:
-    model = load_chat_model(model_path, device, dtype, quant)
+def load_engine(model_path: str | Path, device: str, dtype: torch.dtype, quant: str | None = None,
+                gguf: str | None = None) -> ChatEngine:
+    model = load_chat_model(model_path, device, dtype, quant, gguf=gguf)
     return ChatEngine(model, model.chat_processor())
 
 
@@ -434,7 +436,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="auto: bfloat16 on a GPU, float32 on the CPU")
     parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
+    parser.add_argument("--gguf", help="run the language model in llama.cpp from this GGUF file (python -m "
+                        "megrezo.gguf export); the encoders run on the CPU")
     args = parser.parse_args()
+    if args.gguf:
+        args.device = "cpu"
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
 
@@ -444,7 +450,7 @@ def main() -> None:
         from megrezo.tiny import cached_tiny_checkpoint
 
         model_path, notice = cached_tiny_checkpoint(), RANDOM_WEIGHTS_NOTICE
-    engine = load_engine(model_path, args.device, resolve_dtype(args.dtype, args.device), args.quant)
+    engine = load_engine(model_path, args.device, resolve_dtype(args.dtype, args.device), args.quant, args.gguf)
     private_upload_folder()
     # SIGTERM ends the app like Ctrl-C does, so the upload folder is removed on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

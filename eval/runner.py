@@ -22,9 +22,9 @@ from .samples import Sample, read_samples
 from .scoring import score
 
 DECIDING_SETTINGS = ("task", "data", "model_path", "prompt", "system", "max_new_tokens", "repetition_penalty",
-                     "circular")
-"""Settings whose change changes the predictions; the backend and batch sizes do not (both backends give the same
-greedy replies)."""
+                     "circular", "gguf")
+"""Settings whose change changes the predictions; the backend and batch sizes do not (the backends give the same
+greedy replies), the GGUF file of the llama.cpp backend does (its weight type)."""
 
 
 @dataclass
@@ -47,6 +47,7 @@ class RunOptions:
     device: str = "cpu"
     max_model_len: int = 4096
     gpu_memory_utilization: float = 0.2
+    gguf: str | None = None
 
 
 def check_task_fits(task: str, samples: list[Sample]) -> None:
@@ -86,7 +87,8 @@ def make_backend(options: RunOptions):
                            gpu_memory_utilization=options.gpu_memory_utilization)
     from .backend_hf import HFBackend
 
-    return HFBackend(options.model_path, settings, options.batch_size, options.dtype, options.device)
+    device = "cpu" if options.backend == "llama.cpp" else options.device
+    return HFBackend(options.model_path, settings, options.batch_size, options.dtype, device, gguf=options.gguf)
 
 
 def generate_missing(options: RunOptions, requests: list[Request], log: PredictionLog, backend=None) -> None:
