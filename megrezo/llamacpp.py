@@ -281,38 +281,61 @@ class LlamaCppMegrezO(MegrezO):
     @classmethod
     def load(cls, checkpoint: str | Path, gguf: str | Path, dtype: torch.dtype = torch.float32,
              n_threads: int | None = None) -> "LlamaCppMegrezO":
-        """The checkpoint's encoders in `dtype` (their weights only: the language-model weights are not read) and
-        the GGUF's language model, checked to be of this checkpoint's shape."""
-        from safetensors import safe_open
-
-        from .gguf import checkpoint_files
-
+        """The GGUF's language model, checked to be of this checkpoint's shape, and the checkpoint's encoders in
+        `dtype`. Each encoder's weights are read when a request first needs it (a text chat never holds the 2 GB
+        of encoders of the full size); the language-model weights of the checkpoint are never read."""
         checkpoint, gguf = Path(checkpoint), Path(gguf)
         config = MegrezOConfig.from_pretrained(checkpoint)
         check_gguf_matches(gguf, config)
         with torch.device("meta"):
             model = cls(config)
         model.llm = None
-        encoders = {name: getattr(model, name) for name in ("vision", "audio")}
-        weights = {name: {} for name in encoders}
-        for file in checkpoint_files(checkpoint):
-            with safe_open(file, framework="pt") as tensors:
-                for key in tensors.keys():
-                    part, _, rest = key.partition(".")
-                    if part in weights:
-                        weights[part][rest] = tensors.get_tensor(key).to(dtype)
-        for name, module in encoders.items():
-            module.load_state_dict(weights[name], assign=True)
-            still_meta = [key for key, tensor in module.state_dict(keep_vars=True).items() if tensor.is_meta]
-            if still_meta:
-                raise ValueError(f"{checkpoint} lacks the {name} weights {still_meta[:3]}")
         model.eval()
-        model.config.name_or_path = str(checkpoint)
-        model.name_or_path = str(checkpoint)
-        model.language_model = LlamaCppLanguageModel(gguf, config.max_position_embeddings, n_threads)
-        model.gguf_path = gguf
+        model.config.name_or_path = model.name_or_path = str(checkpoint)
+        model.checkpoint, model.gguf_path, model.encoder_dtype = checkpoint, gguf, dtype
+        model._encoders_lock = threading.Lock()
         model._language_model_lock = threading.Lock()
+        model.language_model = LlamaCppLanguageModel(gguf, config.max_position_embeddings, n_threads)
         return model
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The encoders' dtype (chat converts the processor's pixel and audio features to it)."""
+        return self.encoder_dtype
+
+    def load_encoder(self, name: str) -> None:
+        """Reads the weights of the `vision` or `audio` encoder from the checkpoint, once."""
+        from safetensors import safe_open
+
+        from .gguf import checkpoint_files
+
+        with self._encoders_lock:
+            module = getattr(self, name)
+            if not any(tensor.is_meta for tensor in module.state_dict(keep_vars=True).values()):
+                return
+            weights = {}
+            for file in checkpoint_files(self.checkpoint):
+                with safe_open(file, framework="pt") as tensors:
+                    for key in tensors.keys():
+                        if key.startswith(name + "."):
+                            weights[key.removeprefix(name + ".")] = tensors.get_tensor(key).to(self.encoder_dtype)
+            module.load_state_dict(weights, assign=True)
+            missing = [key for key, tensor in module.state_dict(keep_vars=True).items() if tensor.is_meta]
+            if missing:
+                raise ValueError(f"{self.checkpoint} lacks the {name} weights {missing[:3]}")
+            module.requires_grad_(False)
+
+    def media_embeddings(self, batch: MegrezOBatch) -> list:
+        """MegrezO's, with each encoder the batch needs loaded first."""
+        if len((batch.get("image_encoding") or {}).get("pixel_values", [])) > 0:
+            self.load_encoder("vision")
+        if len((batch.get("audio_encoding") or {}).get("input_audios", [])) > 0:
+            self.load_encoder("audio")
+        return super().media_embeddings(batch)
 
     def use_cpu_kernels(self) -> dict[str, int]:
         """The language model is llama.cpp's; the encoders keep torch's kernels."""
@@ -369,7 +392,7 @@ class LlamaCppMegrezO(MegrezO):
         for (batch_ids, positions), values in media:
             mine = batch_ids == row
             vector_at[positions[mine]] = torch.arange(count, count + int(mine.sum()))
-            vectors.append(values[mine].float())
+            vectors.append(values[mine].detach().float())
             count += int(mine.sum())
         table = torch.cat(vectors).numpy() if vectors else np.zeros((0, 0), np.float32)
         runs: list[list[int] | np.ndarray] = []
