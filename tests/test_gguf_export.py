@@ -167,9 +167,9 @@ def test_llama_cpp_reads_control_tokens_only_where_asked(llama_vocab, tiny_model
     ids = processor.tokenizer(rendered, add_special_tokens=False)["input_ids"]
     assert llama_tokenize(vocab, rendered, special=True) == ids
     as_text = llama_tokenize(vocab, rendered, special=False)
-    assert processor.token_ids[tok.ROLE_START] not in as_text
+    assert processor.tokenizer.convert_tokens_to_ids(tok.ROLE_START) not in as_text
     for name in (tok.EOS, tok.TURN_END):
-        assert lib.llama_vocab_is_eog(vocab, processor.token_ids[name])
+        assert lib.llama_vocab_is_eog(vocab, processor.tokenizer.convert_tokens_to_ids(name))
 
 
 def relative_l2(ours: torch.Tensor, reference: torch.Tensor) -> float:
@@ -181,10 +181,11 @@ def teacher_forced_logits(model: LlamaCppLanguageModel, ids: list[int]) -> torch
     return torch.stack([model.step(token, position) for position, token in enumerate(ids)])
 
 
-@pytest.mark.parametrize(("kind", "bound"), [("f32", 1e-4), ("f16", 2e-3)])
+@pytest.mark.parametrize(("kind", "bound"), [("f32", 2e-3), ("f16", 2e-3)])
 def test_llama_cpp_logits_equal_transformers_llama(exported, tiny_model, kind, bound):
     """The functional check of the layout (rotary pairs included): teacher-forced logits of llama.cpp on the GGUF
-    against transformers' LlamaForCausalLM of the checkpoint, over a mixed prompt."""
+    against transformers' LlamaForCausalLM of the checkpoint, over a mixed prompt. llama.cpp keeps its KV cache in
+    float16 whatever the weights, hence the same bound for both (a wrong row order gives errors of order 1)."""
     tokenizer = tiny_model.chat_processor().tokenizer
     ids = tokenizer(" ".join(TEXTS), add_special_tokens=False)["input_ids"][:96]
     with torch.no_grad():
