@@ -15,6 +15,7 @@ llama-cpp-python is built from source on install: `make setup-llamacpp` (see REA
 
 import ctypes
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -173,6 +174,11 @@ class LlamaCppLanguageModel:
         params.n_seq_max = 1
         params.n_threads = params.n_threads_batch = n_threads
         params.no_perf = True
+        if llama_cpp.llama_model_ftype(self.model) == llama_cpp.LLAMA_FTYPE_ALL_F32:
+            # An all-float32 file computes in float32 throughout: llama.cpp's defaults keep the KV cache in float16
+            # and its CPU flash attention rounds to float16 (relative logit error ~1e-3 instead of ~1e-6).
+            params.type_k = params.type_v = llama_cpp.GGML_TYPE_F32
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         with llama_log_capture() as log:
             self.ctx = llama_cpp.llama_init_from_model(self.model, params)
         if not self.ctx:
@@ -245,7 +251,8 @@ class LlamaCppLanguageModel:
             self.model = None
 
     def __del__(self):
-        self.close()
+        if not sys.is_finalizing():  # at interpreter exit the library may already be gone; the OS frees all
+            self.close()
 
 
 def logits_processors(config: GenerationConfig, extra: LogitsProcessorList | None) -> LogitsProcessorList:

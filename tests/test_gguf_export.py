@@ -181,11 +181,11 @@ def teacher_forced_logits(model: LlamaCppLanguageModel, ids: list[int]) -> torch
     return torch.stack([model.step(token, position) for position, token in enumerate(ids)])
 
 
-@pytest.mark.parametrize(("kind", "bound"), [("f32", 2e-3), ("f16", 2e-3)])
+@pytest.mark.parametrize(("kind", "bound"), [("f32", 1e-5), ("f16", 2e-3)])
 def test_llama_cpp_logits_equal_transformers_llama(exported, tiny_model, kind, bound):
     """The functional check of the layout (rotary pairs included): teacher-forced logits of llama.cpp on the GGUF
-    against transformers' LlamaForCausalLM of the checkpoint, over a mixed prompt. llama.cpp keeps its KV cache in
-    float16 whatever the weights, hence the same bound for both (a wrong row order gives errors of order 1)."""
+    against transformers' LlamaForCausalLM of the checkpoint, over a mixed prompt (a wrong row order gives errors
+    of order 1). An f32 file runs in float32 throughout; f16 is the issue's quality bound."""
     tokenizer = tiny_model.chat_processor().tokenizer
     ids = tokenizer(" ".join(TEXTS), add_special_tokens=False)["input_ids"][:96]
     with torch.no_grad():
