@@ -260,3 +260,13 @@ def test_example_script_and_eval_reach_the_backend(small_checkpoint, small_gguf,
     expected = cpp_model.chat([{"role": "user", "content": question}], max_new_tokens=8,
                               repetition_penalty=1.0)
     assert prediction["prediction"] == expected
+
+
+def test_gradio_app_streams_the_backend_reply(small_checkpoint, small_gguf, cpp_model):
+    """The app's engine as `gradio_app.py --gguf FILE` builds it: a growing reply, then model.chat's reply."""
+    from gradio_app import Sampling, load_engine
+
+    engine = load_engine(small_checkpoint, "cpu", torch.float32, gguf=small_gguf)
+    updates = list(engine.stream(CASES["image+audio"], Sampling(max_new_tokens=NEW_TOKENS)))
+    expected = cpp_model.chat(CASES["image+audio"], max_new_tokens=NEW_TOKENS)
+    assert len(updates) > 2 and updates[-1] == expected
