@@ -4,9 +4,12 @@ data/sample_audio.wav).
 
     python example_chat_hf.py [--model_path DIR] [--device cpu|cuda] [--dtype auto|float32|bfloat16|float16]
                               [--quant int8] [--stream]
+                              [--gguf FILE]
 
 Without --model_path the tiny random checkpoint is used (made on first use in ~/.cache/megrezo): it runs every code
 path of the real model, but its weights are random, so its replies are random words.
+With --gguf (a file from `python -m megrezo.gguf export`) the language model runs in llama.cpp, the encoders in torch
+on the CPU (needs `make setup-llamacpp`).
 """
 
 import argparse
@@ -31,6 +34,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
+    parser.add_argument("--gguf", help="run the language model in llama.cpp from this GGUF file (on the CPU)")
     parser.add_argument("--stream", action="store_true", help="print the reply while it is generated")
     parser.add_argument("--max_new_tokens", type=int, default=64, help="longest reply in tokens (default: 64)")
     return parser.parse_args()
@@ -59,7 +63,8 @@ def main() -> None:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_path = model_path_or_tiny(args.model_path)
-    model = load_chat_model(model_path, device, dtype_from_name(args.dtype), args.quant)
+    device = "cpu" if args.gguf else device
+    model = load_chat_model(model_path, device, dtype_from_name(args.dtype), args.quant, gguf=args.gguf)
 
     messages = [
         {

@@ -1,6 +1,7 @@
 """Gradio chat app for Megrez-3B-Omni: text, images and speech in, streamed text out.
 
     python gradio_app.py [--model_path PATH] [--port 7860] [--host 127.0.0.1] [--share] [--quant int8]
+                         [--gguf FILE]
 
 The page's events are also an API (gradio_client): `/chat` (message {"text", "files"}, recording, generation
 settings), `/regenerate` and `/clear`, each within the caller's session.
@@ -458,10 +459,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_engine(model_path: str | Path, device: str, dtype: torch.dtype | str, quant: str | None = None) -> ChatEngine:
+def load_engine(model_path: str | Path, device: str, dtype: torch.dtype | str, quant: str | None = None,
+                gguf: str | None = None) -> ChatEngine:
     from megrezo.loading import load_chat_model
 
-    model = load_chat_model(model_path, device, dtype, quant)
+    model = load_chat_model(model_path, device, dtype, quant, gguf=gguf)
     return ChatEngine(model, model.chat_processor())
 
 
@@ -476,7 +478,11 @@ def main() -> None:
     parser.add_argument("--device", help="where the model runs (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help=DTYPE_HELP)
     parser.add_argument("--quant", choices=QUANTIZATIONS, help="weight-only quantization of the language model")
+    parser.add_argument("--gguf", help="run the language model in llama.cpp from this GGUF file (python -m "
+                        "megrezo.gguf export); the encoders run on the CPU")
     args = parser.parse_args()
+    if args.gguf:
+        args.device = "cpu"
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
 
@@ -485,7 +491,7 @@ def main() -> None:
     model_path = model_path_or_tiny(args.model_path)
     notice = RANDOM_WEIGHTS_NOTICE if args.model_path is None else None
     device = args.device or default_device()
-    engine = load_engine(model_path, device, dtype_from_name(args.dtype), args.quant)
+    engine = load_engine(model_path, device, dtype_from_name(args.dtype), args.quant, args.gguf)
     private_upload_folder()
     # SIGTERM ends the app like Ctrl-C does, so the upload folder is removed on the way out.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

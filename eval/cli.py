@@ -21,8 +21,10 @@ def add_run_parser(commands) -> None:
     run.add_argument("--data", required=True, help="the samples (JSONL; media paths relative to its folder)")
     run.add_argument("--model_path", required=True, help="checkpoint folder")
     run.add_argument("--out", required=True, help="output folder; rerun with the same one to resume")
-    run.add_argument("--backend", choices=["hf", "vllm"], default="hf",
-                     help="hf: transformers (model.chat, batched); vllm: the vLLM engine")
+    run.add_argument("--backend", choices=["hf", "vllm", "llama.cpp"], default="hf",
+                     help="hf: transformers (model.chat, batched); vllm: the vLLM engine; llama.cpp: the language "
+                     "model from --gguf in llama.cpp, the encoders in torch on the CPU")
+    run.add_argument("--gguf", help="llama.cpp: the GGUF file (python -m megrezo.gguf export CHECKPOINT OUT.gguf)")
     run.add_argument("--prompt", help="prompt template with {question} and {options} (default: the task's, "
                      "see eval/prompts.py)")
     run.add_argument("--system", help="system turn (default: none, so the chat template's default system turn)")
@@ -56,6 +58,8 @@ def run_command(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise RunError(f"--{name} must be at least 1, got {value}")
+    if (args.backend == "llama.cpp") != (args.gguf is not None):
+        raise RunError("--backend llama.cpp needs --gguf FILE, and --gguf needs --backend llama.cpp")
     if args.device is None:
         import torch
 
@@ -66,7 +70,7 @@ def run_command(args: argparse.Namespace) -> None:
         circular=args.circular, max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[args.task],
         repetition_penalty=args.repetition_penalty, batch_size=args.batch_size, max_in_flight=args.max_in_flight,
         dtype=args.dtype, device=args.device, max_model_len=args.max_model_len,
-        gpu_memory_utilization=args.gpu_memory_utilization,
+        gpu_memory_utilization=args.gpu_memory_utilization, gguf=args.gguf,
     )
     metrics = evaluate(options)
     for name, value in metrics["headline"].items():

@@ -25,9 +25,9 @@ from .samples import check_media, read_samples
 from .scoring import score
 
 DECIDING_SETTINGS = ("task", "data", "model_path", "prompt", "system", "max_new_tokens", "repetition_penalty",
-                     "circular")
-"""Settings whose change changes the predictions; the backend and batch sizes do not (both backends give the same
-greedy replies)."""
+                     "circular", "gguf")
+"""Settings whose change changes the predictions; the backend and batch sizes do not (the backends give the same
+greedy replies), the GGUF file of the llama.cpp backend does (its weight type)."""
 
 
 @dataclass
@@ -50,6 +50,7 @@ class RunOptions:
     device: str = "cpu"
     max_model_len: int = 4096
     gpu_memory_utilization: float = 0.2
+    gguf: str | None = None
 
 
 def check_out(out: Path) -> None:
@@ -95,7 +96,8 @@ def make_backend(options: RunOptions):
                            gpu_memory_utilization=options.gpu_memory_utilization)
     from .backend_hf import HFBackend
 
-    return HFBackend(options.model_path, settings, options.batch_size, options.dtype, options.device)
+    device = "cpu" if options.backend == "llama.cpp" else options.device
+    return HFBackend(options.model_path, settings, options.batch_size, options.dtype, device, gguf=options.gguf)
 
 
 def generate_missing(options: RunOptions, requests: list[Request], log: PredictionLog, backend=None) -> list[str]:

@@ -29,14 +29,23 @@ def dtype_from_name(name: str) -> torch.dtype | str:
 
 
 def load_chat_model(model_path: str | Path, device: str = "cpu", dtype: torch.dtype | str = "auto",
-                    quant: str | None = None):
+                    quant: str | None = None, gguf: str | Path | None = None):
     """`AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True)` in `dtype` ("auto": the
     checkpoint's own), with the LLM quantized when `quant` names one of `quantization.QUANTIZATIONS` (a checkpoint
     saved quantized loads quantized with `quant=None`). On the CPU the model then switches to
     `model.use_cpu_kernels(plan)`: with "auto", the fastest plan for this CPU; with an explicit torch.bfloat16,
     bfloat16 arithmetic everywhere, which CPUs without bfloat16 instructions emulate slowly (a warning says so once).
+    With `gguf` (a file written by `python -m megrezo.gguf export`) the language model runs in llama.cpp from that
+    file instead, and the encoders in torch on the CPU in `dtype` (`llamacpp.LlamaCppMegrezO`, the same `chat`).
     """
     import torch
+
+    if gguf is not None:
+        from .llamacpp import LlamaCppMegrezO
+
+        if quant or device != "cpu":
+            raise ValueError("with a GGUF file the language model is llama.cpp's: --quant and --device do not apply")
+        return LlamaCppMegrezO.load(model_path, gguf, torch.float32 if dtype == "auto" else dtype)
     from transformers import AutoModelForCausalLM
 
     from .cpu_plan import cpu_plan

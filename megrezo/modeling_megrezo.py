@@ -96,20 +96,27 @@ class MegrezO(MegrezOPreTrainedModel):
         """[B, L, hidden] input embeddings: text embeddings, with image vectors at embeds[b, s:e] of each image bound
         and audio span vectors at embeds[b, s+1:e] of each audio bound. The whole batch is checked first, so a
         malformed one fails with a ValueError before any encoder runs."""
+        media = self.media_embeddings(batch)
+        embeds = self.get_input_embeddings()(batch["input_ids"])
+        for where, vectors in media:
+            embeds = embeds.index_put(where, vectors.to(embeds.dtype))
+        return embeds
+
+    def media_embeddings(self, batch: MegrezOBatch) -> list[tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
+        """((batch indices, positions), vectors) of the batch's images, then of its audio: the input embeddings that
+        replace the filler tokens there. The whole batch is checked before any encoder runs."""
         input_ids = batch["input_ids"]
         image, audio = batch.get("image_encoding") or {}, batch.get("audio_encoding") or {}
         seq_shape = tuple(input_ids.shape)
         validate_image_encoding(image, seq_shape, self.config.query_num)
         validate_audio_encoding(audio, seq_shape)
 
-        embeds = self.get_input_embeddings()(input_ids)
+        media = []
         if image.get("pixel_values") is not None and len(image["pixel_values"]) > 0:
-            vectors = self.vision(image).flatten(0, 1)
-            embeds = embeds.index_put(media_positions(image["image_bounds"], 0), vectors.to(embeds.dtype))
+            media.append((media_positions(image["image_bounds"], 0), self.vision(image).flatten(0, 1)))
         if audio.get("input_audios") is not None and len(audio["input_audios"]) > 0:
-            vectors = self.audio(audio)
-            embeds = embeds.index_put(media_positions(audio["audio_bounds"], 1), vectors.to(embeds.dtype))
-        return embeds
+            media.append((media_positions(audio["audio_bounds"], 1), self.audio(audio)))
+        return media
 
     def forward(
         self,
