@@ -36,6 +36,8 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 from .batch_format import MegrezOBatch
 from .configuration_megrezo import MegrezOConfig
+from .cpu_kernels import use_cpu_encoder_choice
+from .cpu_plan import cpu_plan
 from .modeling_megrezo import MegrezO
 
 SETUP_HINT = "the llama.cpp backend needs llama-cpp-python and gguf: run `make setup-llamacpp` (builds llama.cpp)"
@@ -286,13 +288,19 @@ class LlamaCppMegrezO(MegrezO):
     """MegrezO whose language model runs in llama.cpp from a GGUF file; the encoders run in torch on the CPU."""
 
     @classmethod
-    def load(cls, checkpoint: str | Path, gguf: str | Path, dtype: torch.dtype = torch.float32,
+    def load(cls, checkpoint: str | Path, gguf: str | Path, dtype: torch.dtype | str = "auto",
              n_threads: int | None = None) -> "LlamaCppMegrezO":
         """The GGUF's language model, checked to be of this checkpoint's shape, and the checkpoint's encoders in
-        `dtype`. Each encoder's weights are read when a request first needs it (a text chat never holds the 2 GB
-        of encoders of the full size); the language-model weights of the checkpoint are never read."""
+        `dtype` ("auto": the checkpoint's own). Each encoder's weights are read when a request first needs it (a
+        text chat never holds the 2 GB of encoders of the full size); the language-model weights of the checkpoint
+        are never read. bfloat16 encoders compute as this CPU's plan says (cpu_plan.py): in float32 from their
+        bfloat16 weights where the CPU lacks bfloat16 instructions, unless `dtype` asks for bfloat16 explicitly."""
         checkpoint, gguf = Path(checkpoint), Path(gguf)
         config = MegrezOConfig.from_pretrained(checkpoint)
+        encoder_plan = cpu_plan("fastest" if dtype == "auto" else "bfloat16")
+        if dtype == "auto":
+            saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float32
+            dtype = getattr(torch, saved.removeprefix("torch.")) if isinstance(saved, str) else saved
         check_gguf_matches(gguf, config)
         with torch.device("meta"):
             model = cls(config)
@@ -300,6 +308,7 @@ class LlamaCppMegrezO(MegrezO):
         model.eval()
         model.config.name_or_path = model.name_or_path = str(checkpoint)
         model.checkpoint, model.gguf_path, model.encoder_dtype = checkpoint, gguf, dtype
+        model.cpu_plan = encoder_plan
         model._encoders_lock = threading.Lock()
         model._language_model_lock = threading.Lock()
         model.language_model = LlamaCppLanguageModel(gguf, config.max_position_embeddings, n_threads)
@@ -335,6 +344,7 @@ class LlamaCppMegrezO(MegrezO):
             if missing:
                 raise ValueError(f"{self.checkpoint} lacks the {name} weights {missing[:3]}")
             module.requires_grad_(False)
+            use_cpu_encoder_choice(module, getattr(self.cpu_plan, name))
 
     def media_embeddings(self, batch: MegrezOBatch) -> list:
         """MegrezO's, with each encoder the batch needs loaded first."""

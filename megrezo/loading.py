@@ -45,7 +45,7 @@ def load_chat_model(model_path: str | Path, device: str = "cpu", dtype: torch.dt
 
         if quant or device != "cpu":
             raise ValueError("with a GGUF file the language model is llama.cpp's: --quant and --device do not apply")
-        return LlamaCppMegrezO.load(model_path, gguf, torch.float32 if dtype == "auto" else dtype)
+        return LlamaCppMegrezO.load(model_path, gguf, dtype)
     from transformers import AutoModelForCausalLM
 
     from .cpu_plan import cpu_plan
