@@ -237,7 +237,7 @@ class MegrezO(MegrezOPreTrainedModel):
         special tokens. `streamer` (e.g. a fresh `TextIteratorStreamer` per call) works with one conversation.
         `return_tokens=True` returns the generated ids before the stop token instead of text.
         `compile=True` decodes through a static KV cache with the decode step compiled (see `generate`): the same
-        tokens, faster steps once compiled.
+        tokens; whether sooner depends on the device (bench/README.md, "Compiled decoding").
         A reply never runs past the model's last position: `max_new_tokens` is lowered to the positions the prompt
         leaves (4,096 minus the prompt's length), and a prompt that leaves none is refused.
         """
