@@ -17,53 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from authors_request import prompt_statistics, seed_conversations
 from output_folder import add_out_argument
-from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from megrezo.tiny import MODEL_SIZES, cached_tiny_checkpoint
 
-if TYPE_CHECKING:  # torch and the processor load in main, so that --help answers at once
+if TYPE_CHECKING:  # torch loads in main, so that --help answers at once
     import torch
-
-    from megrezo.processing_megrezo import MegrezOProcessor
-
-WORDS = "the quick brown fox jumps over a lazy dog while seven red kites drift above quiet green hills".split()
-
-
-def seed_image(index: int, size: tuple[int, int] = (720, 1480)) -> Image.Image:
-    """A deterministic drawing: coloured boxes on a gradient, different per sequence."""
-    rng = random.Random(index)
-    image = Image.new("RGB", size, (rng.randrange(256), 128, 200))
-    draw = ImageDraw.Draw(image)
-    for _ in range(12):
-        x, y = rng.randrange(size[0] - 100), rng.randrange(size[1] - 100)
-        draw.rectangle((x, y, x + 100, y + 100), fill=(rng.randrange(256), rng.randrange(256), rng.randrange(256)))
-    return image
-
-
-def seed_text(processor: MegrezOProcessor, num_tokens: int, index: int) -> str:
-    """Words appended until the text tokenizes to exactly `num_tokens` (trimmed token-wise at the end)."""
-    rng = random.Random(index)
-    words = []
-    while len(processor.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]) < num_tokens:
-        words.append(rng.choice(WORDS))
-    ids = processor.tokenizer(" ".join(words), add_special_tokens=False)["input_ids"][:num_tokens]
-    return processor.tokenizer.decode(ids)
-
-
-def seed_conversations(processor: MegrezOProcessor, batch: int, text_tokens: int) -> list[list[dict]]:
-    return [
-        [{"role": "user", "content": {"text": seed_text(processor, text_tokens, i), "image": seed_image(i)}}]
-        for i in range(batch)
-    ]
 
 
 def hf_runner(model_path: Path, device: str, dtype: torch.dtype) -> Callable[[list, int], None]:
@@ -104,14 +71,6 @@ def vllm_runner(model_path: Path, device: str, dtype: torch.dtype) -> Callable[[
         llm.generate(requests, params, use_tqdm=False)
 
     return run
-
-
-def prompt_statistics(processor: MegrezOProcessor, conversations: list) -> tuple[int, int]:
-    """(prompt tokens of the whole batch, image filler positions per sequence)."""
-    unk = processor.tokenizer.convert_tokens_to_ids("<|unk|>")
-    samples = [processor.process_multimodal_inputs(conversation) for conversation in conversations]
-    total = sum(len(sample["input_ids"]) for sample in samples)
-    return total, int((samples[0]["input_ids"] == unk).sum())
 
 
 def draw_chart(results: list[dict], out: Path) -> None:

@@ -7,6 +7,7 @@ media vectors. Everything after that is the plain language model, so training, t
 transformers' own.
 """
 
+import copy
 import threading
 
 import torch
@@ -21,6 +22,7 @@ from .batch_collation import collate  # noqa: F401  (module cache, see compat.py
 from .batch_format import MegrezOBatch, validate_audio_encoding, validate_image_encoding
 from .chat_template import CHAT_TEMPLATE  # noqa: F401  (module cache, see compat.py)
 from .compat import weight_init as init
+from .compiled_decode import StaticCachePool, compile_config, static_cache_length
 from .configuration_megrezo import MegrezOConfig
 from .conversation import validate_conversation  # noqa: F401  (module cache, see compat.py)
 from .conversation_media import decode_media  # noqa: F401  (module cache, see compat.py)
@@ -144,6 +146,7 @@ class MegrezO(MegrezOPreTrainedModel):
         image_encoding: dict | None = None,
         audio_encoding: dict | None = None,
         generation_config: GenerationConfig | None = None,
+        compile: bool = False,
         **generation_kwargs,
     ) -> torch.Tensor:
         """Composes the embeddings once, then lets the LLM decode with its KV cache. Returns only the new tokens
@@ -153,6 +156,10 @@ class MegrezO(MegrezOPreTrainedModel):
         what logits processors see, so a repetition penalty counts the prompt's tokens and the generated ones, as
         vLLM and transformers (generating from ids) do. Padding is no part of a prompt: in those ids a row's pad
         positions repeat its first real token, which the penalty counts anyway, so padding changes nothing.
+
+        `compile=True` decodes through a static KV cache with the one-token step compiled by `torch.compile`
+        (compiled_decode.py); the prompt, images and audio still run eagerly. The first request of each new shape
+        pays for compiling.
         """
         batch: MegrezOBatch = {
             "input_ids": input_ids,
@@ -164,14 +171,37 @@ class MegrezO(MegrezOPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         first_real = attention_mask.argmax(dim=1, keepdim=True)
         prompt_ids = torch.where(attention_mask.bool(), input_ids, input_ids.gather(1, first_real))
-        sequences = self.llm.generate(
-            input_ids=prompt_ids,
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            generation_config=generation_config,
-            **generation_kwargs,
-        )
+        inputs = {"input_ids": prompt_ids, "inputs_embeds": embeds, "attention_mask": attention_mask,
+                  "generation_config": generation_config, **generation_kwargs}
+        if not compile:
+            sequences = self.llm.generate(**inputs)
+        else:
+            needed = self._generated_length(input_ids.shape[1], generation_config, generation_kwargs)
+            length = static_cache_length(needed, self.config.max_position_embeddings)
+            with StaticCachePool.lock:
+                if getattr(self, "_static_caches", None) is None:
+                    self._static_caches = StaticCachePool()
+                inputs["past_key_values"] = self._static_caches.take(
+                    self.llm.config, len(input_ids), length, self.dtype, self.device
+                )
+                if generation_config is None:
+                    inputs["compile_config"] = compile_config(self.device)
+                else:
+                    inputs["generation_config"] = copy.copy(generation_config)
+                    inputs["generation_config"].compile_config = compile_config(self.device)
+                sequences = self.llm.generate(**inputs)
         return sequences[:, input_ids.shape[1] :]
+
+    def _generated_length(self, prompt_length: int, config: GenerationConfig | None, kwargs: dict) -> int:
+        """Prompt plus reply positions that `llm.generate` will fill at most, read as it reads them: keyword
+        arguments before `config`, `config` before the LLM's own generation config; max_new_tokens before
+        max_length; the model's positions where none is set."""
+        sources = [kwargs, vars(config or self.llm.generation_config)]
+        max_new_tokens = next((s["max_new_tokens"] for s in sources if s.get("max_new_tokens") is not None), None)
+        if max_new_tokens is not None:
+            return prompt_length + max_new_tokens
+        return next((s["max_length"] for s in sources if s.get("max_length") is not None),
+                    self.config.max_position_embeddings)
 
     def use_cpu_kernels(self, plan: CpuPlan | None = None) -> dict[str, int]:
         """Switches the model's bfloat16 and torchao int8 layers to the CPU kernels that `plan` (default: this CPU's
@@ -219,6 +249,7 @@ class MegrezO(MegrezOPreTrainedModel):
         processor: MegrezOProcessor | None = None,
         return_tokens: bool = False,
         stream: bool = False,
+        compile: bool = False,
         **generation_overrides,
     ) -> str | list[str] | list[int] | list[list[int]]:
         """Reply to one conversation (a list of `{"role", "content"}` dicts) or to a list of conversations, which
@@ -236,6 +267,8 @@ class MegrezO(MegrezOPreTrainedModel):
         error, if it fails, is raised in the loop over the pieces. A `streamer` of your own is ended when the chat
         fails, so that a loop over it stops; the error is raised where `chat` was called.
         Generation settings are checked first (`megrezo.sampling_settings`): a bad one is a ValueError naming it.
+        `compile=True` decodes through a static KV cache with the decode step compiled (see `generate`): the same
+        tokens; whether sooner depends on the device (bench/README.md, "Compiled decoding").
         A reply never runs past the model's last position: `max_new_tokens` is lowered to the positions the prompt
         leaves (4,096 minus the prompt's length), and a prompt that leaves none is refused.
         """
@@ -328,6 +361,7 @@ class MegrezO(MegrezOPreTrainedModel):
             audio_encoding=batch.get("audio_encoding"),
             generation_config=GenerationConfig(**settings),
             streamer=streamer,
+            compile=compile,
             **generate_kwargs,
         )
         replies = []
