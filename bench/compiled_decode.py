@@ -18,14 +18,19 @@ greedy tokens of the two paths are compared (on a GPU in bfloat16, rounding may 
 Results go to compiled_decode_{size}_{device}.json in the output folder.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 from authors_request import prompt_statistics, seed_conversations
 from output_folder import add_out_argument
 
@@ -39,6 +44,8 @@ AUTHORS_BATCH, AUTHORS_NEW_TOKENS = 8, 128
 
 def clock(device: torch.device, run) -> tuple[float, object]:
     """(seconds, result) of run(), waiting for the GPU's queued work before and after."""
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -50,12 +57,16 @@ def clock(device: torch.device, run) -> tuple[float, object]:
 
 def bandwidth_gb_s(device: torch.device) -> float:
     """Memory read bandwidth: the best of 5 sums over 1 GiB of bfloat16."""
+    import torch
+
     data = torch.ones(2**29, dtype=torch.bfloat16, device=device)
     return data.numel() * 2 / min(clock(device, data.sum)[0] for _ in range(5)) / 1e9
 
 
 def text_case(model, batch: int):
     """run(new_tokens, compile) -> generated tokens, for `batch` rows of TEXT_TOKENS random ids."""
+    import torch
+
     ids = torch.tensor(np.random.default_rng(batch).integers(300, min(model.config.vocab_size, 30000),
                                                              (batch, TEXT_TOKENS)), device=model.device)
     mask = torch.ones_like(ids)
@@ -98,16 +109,19 @@ def measure(model, run, batch: int, new_tokens: int, rounds: int) -> dict:
 
 
 def main() -> None:
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(MODEL_SIZES), default="small")
     parser.add_argument("--model_path", help="a real checkpoint instead of random weights of --size")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], help="default: bfloat16 on GPU, float32 on CPU")
     parser.add_argument("--new-tokens", type=int, default=64, help="new tokens per sequence at batch 1 and 8")
     parser.add_argument("--rounds", type=int, default=3)
     add_out_argument(parser)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
 
     from transformers import AutoModelForCausalLM

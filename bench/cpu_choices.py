@@ -24,6 +24,8 @@ together to AVX2 they approximate an AVX2 CPU on an AVX-512 one). Results go to 
 output folder.
 """
 
+from __future__ import annotations
+
 import argparse
 import copy
 import json
@@ -31,6 +33,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from output_folder import add_out_argument
@@ -39,13 +42,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+if TYPE_CHECKING:  # torch and the model's modules load where they are used, so that --help answers at once
+    import torch
+    from torch import nn
 
-from megrezo import cpu_kernels  # noqa: E402
-from megrezo.cpu_plan import FORCE_VARIABLE, PartChoice, choose_plan, cpu_plan, detect_cpu  # noqa: E402
+    from megrezo.cpu_plan import PartChoice
 
-ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", FORCE_VARIABLE)
+ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+"""The environment variables that limit torch's, oneDNN's and MKL's instruction sets (beside the project's
+MEGREZO_CPU_CLASS), recorded with the results."""
 PEAK_SHAPE = (640, 2560, 7168)
 
 
@@ -61,12 +66,16 @@ def best_seconds(fn, repeats: int) -> float:
 
 
 def bandwidth_gb_s() -> float:
+    import torch
+
     data = torch.ones(2**29, dtype=torch.bfloat16)
     return data.numel() * 2 / best_seconds(data.sum, 5) / 1e9
 
 
 def matmul_peaks() -> dict[str, float]:
     """GFLOP/s of one 640 x 2560 by 2560 x 7168 product in float32 and in bfloat16 (torch's own kernels)."""
+    import torch
+
     rows, inner, out = PEAK_SHAPE
     flop = 2 * rows * inner * out
     peaks = {}
@@ -87,6 +96,7 @@ def config():
 
 def image_slices(count: int) -> dict:
     """The first `count` slices of the authors' 720x1480 image request (photo-like pixels), as the processor cuts it."""
+    import torch
     from PIL import Image
 
     from megrezo.image_processing_megrezo import MegrezOImageProcessor
@@ -106,6 +116,8 @@ def image_slices(count: int) -> dict:
 def alternating_best(variants: dict, run, rounds: int) -> dict[str, float]:
     """The best seconds of `run(module)` per variant over `rounds` rounds that take the variants in turn, so that a
     change in the machine's load meets every variant alike."""
+    import torch
+
     best = {name: float("inf") for name in variants}
     for _ in range(rounds):
         for name, module in variants.items():
@@ -117,6 +129,9 @@ def alternating_best(variants: dict, run, rounds: int) -> dict[str, float]:
 
 
 def vision_choices(cfg, slices: dict, plan, rounds: int) -> list[dict]:
+    import torch
+
+    from megrezo.cpu_plan import PartChoice
     from megrezo.vision import VisionTower
 
     torch.manual_seed(0)
@@ -130,35 +145,50 @@ def vision_choices(cfg, slices: dict, plan, rounds: int) -> list[dict]:
 
 
 def plan_vision_name(plan) -> str:
+    import torch
+
     return "bfloat16" if plan.vision.compute_dtype == torch.bfloat16 else "float32 from bfloat16 weights"
 
 
 def prepared(module: nn.Module, choice: PartChoice) -> nn.Module:
+    from megrezo import cpu_kernels
+
     module = copy.deepcopy(module)
     cpu_kernels.use_cpu_encoder_choice(module, choice)
     return module
 
 
-class LayerStack(nn.Module):
-    def __init__(self, cfg, layers: int):
-        super().__init__()
-        from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+def layer_stack(cfg, layers: int) -> nn.Module:
+    """`layers` decoder layers of the language model with their rotary embeddings, alone."""
+    import torch
+    from torch import nn
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
-        self.layers = nn.ModuleList([LlamaDecoderLayer(cfg, index) for index in range(layers)])
-        self.rotary = LlamaRotaryEmbedding(cfg)
+    class LayerStack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList([LlamaDecoderLayer(cfg, index) for index in range(layers)])
+            self.rotary = LlamaRotaryEmbedding(cfg)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(hidden.shape[1])[None]
-        embeddings = self.rotary(hidden, positions)
-        for layer in self.layers:
-            hidden = layer(hidden, position_embeddings=embeddings, position_ids=positions)
-            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        return hidden
+        def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+            positions = torch.arange(hidden.shape[1])[None]
+            embeddings = self.rotary(hidden, positions)
+            for layer in self.layers:
+                hidden = layer(hidden, position_embeddings=embeddings, position_ids=positions)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            return hidden
+
+    return LayerStack()
 
 
 def llm_choices(cfg, layers: int, prefill: int, plan, peaks: dict, rounds: int) -> list[dict]:
+    import torch
+    from torch import nn
+
+    from megrezo.cpu_plan import choose_plan
+
     torch.manual_seed(0)
-    stack = LayerStack(cfg, layers).to(torch.bfloat16).eval()
+    stack = layer_stack(cfg, layers).to(torch.bfloat16).eval()
     weights = sum(m.weight.numel() for m in stack.modules() if isinstance(m, nn.Linear))
     variants = {"bfloat16, torch": stack}
     if plan.native_bf16:
@@ -187,12 +217,15 @@ def llm_choices(cfg, layers: int, prefill: int, plan, peaks: dict, rounds: int) 
 
 
 def kernels(stack: nn.Module, plan) -> nn.Module:
+    from megrezo import cpu_kernels
+
     stack = copy.deepcopy(stack)
     cpu_kernels.use_cpu_kernels(stack, plan)
     return stack
 
 
 def main() -> None:
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=7, help="slices of the 720x1480 image (it has 7)")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the language model (it has 32)")
@@ -201,12 +234,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds over the choices (the best of each is kept)")
     add_out_argument(parser)
     args = parser.parse_args()
+    import torch
+
+    from megrezo.cpu_plan import FORCE_VARIABLE, cpu_plan, detect_cpu
     plan = cpu_plan()
     facts = detect_cpu()
     report = {"cpu": {"machine": facts.machine, "flags": facts.vector_flags(), "onednn_bf16": facts.onednn_bf16,
                       "torch_capability": torch.backends.cpu.get_cpu_capability(),
                       "threads": torch.get_num_threads(),
-                      "environment": {name: os.environ[name] for name in ISA_VARIABLES if name in os.environ}},
+                      "environment": {name: os.environ[name] for name in (*ISA_VARIABLES, FORCE_VARIABLE)
+                                      if name in os.environ}},
               "plan": plan.as_dict(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     print(plan.describe(), flush=True)
     report["bandwidth_gb_s"] = [bandwidth_gb_s()]

@@ -22,6 +22,8 @@ both alike:
 Results go to bench/out/llamacpp_SIZE.json (or --out) and a table is printed; report them with the CPU flags shown.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -31,9 +33,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from output_folder import add_out_argument
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +43,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 from megrezo.gguf import export  # noqa: E402
-from megrezo.llamacpp import LlamaCppLanguageModel, llama_cpp_library  # noqa: E402
+
+if TYPE_CHECKING:
+    from megrezo.llamacpp import LlamaCppLanguageModel
 
 PROMPT_IDS, NEW_TOKENS, PREFILL = 64, 32, 640
 REQUEST_TEXT_TOKENS, REQUEST_NEW_TOKENS, IMAGE_SIZE = 128, 128, (720, 1480)
@@ -51,6 +55,8 @@ GOALS = {"q4_k_m_decode_over_hf": 3.0, "q8_0_decode_over_hf": 2.0, "roofline_fra
 
 
 def cpu_flags() -> dict:
+    from megrezo.llamacpp import llama_cpp_library
+
     flags = set()
     with open("/proc/cpuinfo") as info:
         for line in info:
@@ -64,6 +70,8 @@ def cpu_flags() -> dict:
 
 
 def bandwidth_gb_s(gib: float = 1.0, repeats: int = 5) -> float:
+    import torch
+
     data = torch.ones(int(gib * 2**30) // 2, dtype=torch.bfloat16)
     best = float("inf")
     for _ in range(repeats):
@@ -108,6 +116,8 @@ def cpp_decode(llm: LlamaCppLanguageModel, ids: list[int], new: int) -> float:
 
 
 def hf_decode(llm, ids: list[int], new: int) -> float:
+    import torch
+
     prompt = torch.tensor([ids])
 
     def run(count: int) -> float:
@@ -127,6 +137,8 @@ def cpp_prefill(llm: LlamaCppLanguageModel, ids: list[int]) -> float:
 
 
 def hf_prefill(llm, ids: list[int]) -> float:
+    import torch
+
     start = time.perf_counter()
     with torch.inference_mode():
         llm(torch.tensor([ids]), logits_to_keep=1)
@@ -135,7 +147,10 @@ def hf_prefill(llm, ids: list[int]) -> float:
 
 def speed(checkpoint: Path, rounds: int) -> dict:
     """Decode and prefill, transformers bf16 + CPU kernels against llama.cpp q8_0 and q4_k_m, alternating."""
+    import torch
+
     from megrezo.decode_bytes import decode_step_bytes
+    from megrezo.llamacpp import LlamaCppLanguageModel
     from megrezo.loading import load_chat_model
 
     files = {kind: gguf_file(checkpoint, kind) for kind in ("q8_0", "q4_k_m")}
@@ -191,6 +206,7 @@ class FirstToken:
 
 def request_child(checkpoint: Path, gguf: str | None) -> None:
     """One process, one backend: the whole image request, timed, with this process's peak memory."""
+    import torch
     from PIL import Image
 
     from megrezo.loading import load_chat_model
@@ -226,6 +242,9 @@ def request(checkpoint: Path) -> dict:
 
 
 def quality(checkpoint: Path) -> dict:
+    import torch
+
+    from megrezo.llamacpp import LlamaCppLanguageModel
     from megrezo.loading import load_chat_model
 
     hf = load_chat_model(checkpoint, "cpu", torch.float32).llm
@@ -261,6 +280,7 @@ def print_table(report: dict) -> None:
 
 
 def main() -> None:
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_path", type=Path, help="checkpoint (default: random weights of --size)")
     parser.add_argument("--size", choices=["small", "full"], default="full")
@@ -270,6 +290,8 @@ def main() -> None:
     parser.add_argument("--request-child", action="store_true", help=argparse.SUPPRESS)
     add_out_argument(parser)
     args = parser.parse_args()
+    import torch
+
     if args.request_child:
         return request_child(args.model_path, args.gguf)
     from megrezo.tiny import cached_tiny_checkpoint

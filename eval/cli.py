@@ -22,8 +22,8 @@ def add_run_parser(commands) -> None:
     run.add_argument("--model_path", required=True, help="checkpoint folder")
     run.add_argument("--out", required=True, help="output folder; rerun with the same one to resume")
     run.add_argument("--backend", choices=["hf", "vllm", "llama.cpp"], default="hf",
-                     help="hf: transformers (model.chat, batched); vllm: the vLLM engine; llama.cpp: the language "
-                     "model from --gguf in llama.cpp, the encoders in torch on the CPU")
+                     help="hf: transformers (model.chat, batched); llama.cpp: the language model from --gguf in "
+                     "llama.cpp, the encoders in torch on the CPU; vllm: the vLLM engine")
     run.add_argument("--gguf", help="llama.cpp: the GGUF file (python -m megrezo.gguf export CHECKPOINT OUT.gguf)")
     run.add_argument("--prompt", help="prompt template with {question} and {options} (default: the task's, "
                      "see eval/prompts.py)")

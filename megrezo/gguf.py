@@ -20,6 +20,8 @@ in a few GB of memory. The quantized types (q8_0, q4_k_m) are made by llama.cpp'
 temporary file in the checkpoint's float type, which is removed afterwards.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -27,12 +29,16 @@ import re
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from . import special_tokens as tok
-from .configuration_megrezo import MegrezOConfig
+
+if TYPE_CHECKING:  # torch and transformers load where they are used, so that --help answers at once
+    import torch
+
+    from .configuration_megrezo import MegrezOConfig
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_k_m")
 """Output types of `export`; q8_0 and q4_k_m need llama-cpp-python."""
@@ -227,6 +233,8 @@ def stored_type(ndim: int, out_type: str):
 def stored_array(tensor: torch.Tensor, out_type: str) -> np.ndarray:
     """The tensor as `stored_type` writes it."""
     dtype, _ = stored_type(tensor.ndim, out_type)
+    import torch
+
     if dtype == np.int16:
         return tensor.to(torch.bfloat16).view(torch.int16).numpy()
     return tensor.to(torch.float32 if dtype == np.float32 else torch.float16).numpy()
@@ -240,6 +248,8 @@ def write_float_gguf(checkpoint: Path, out: Path, out_type: str, progress: bool 
     """The language model in float32, float16 or bfloat16 (1-D tensors float32), streamed tensor by tensor."""
     import gguf
     from tqdm import tqdm
+
+    from .configuration_megrezo import MegrezOConfig
 
     config = MegrezOConfig.from_pretrained(checkpoint)
     check_config(config)
@@ -335,6 +345,8 @@ def quantize(source: Path, out: Path, out_type: str, progress: bool = True) -> P
 
 def float_type_of(checkpoint: Path) -> str:
     """The GGUF float type that holds the checkpoint's language-model weights without rounding."""
+    from .configuration_megrezo import MegrezOConfig
+
     tensors = LLMTensors(checkpoint, MegrezOConfig.from_pretrained(checkpoint))
     dtypes = {tensors.dtypes[name] for name, shape in tensors.shapes.items() if len(shape) > 1}
     return {frozenset({"BF16"}): "bf16", frozenset({"F16"}): "f16"}.get(frozenset(dtypes), "f32")

@@ -42,6 +42,11 @@ COMMANDS = [
     ["bench/eval_speed.py"],
     ["bench/vllm_vs_hf.py"],
     ["bench/full_size.py"],
+    ["bench/cpu_choices.py"],
+    ["bench/llamacpp.py"],
+    ["bench/compiled_decode.py"],
+    ["-m", "megrezo.gguf"],
+    ["-m", "megrezo.gguf", "export"],
     ["data/make_samples.py"],
     ["data/train/make_train_data.py"],
 ]
