@@ -369,11 +369,14 @@ class LlamaCppMegrezO(MegrezO):
         streamer=None,
         logits_processor: LogitsProcessorList | None = None,
         stopping_criteria: StoppingCriteriaList | None = None,
+        compile: bool = False,
         **unsupported,
     ) -> torch.Tensor:
         """MegrezO.generate's contract (new tokens [B, new], rows that stop early padded with pad_token_id), with
         the language model in llama.cpp. Rows run one after another; `streamer` gets the prompt, then every new
         token, then `end()`, as from transformers' generate."""
+        if compile:
+            raise ValueError("compile=True compiles transformers' decode step; the llama.cpp backend has none to compile")
         if unsupported:
             raise ValueError(f"the llama.cpp backend does not take {sorted(unsupported)}")
         config = generation_config or GenerationConfig(max_new_tokens=20)

@@ -280,13 +280,13 @@ class MegrezO(MegrezOPreTrainedModel):
             tokenizer = (processor or self.chat_processor()).tokenizer
             return stream_reply(
                 lambda own: self._reply(
-                    messages, sampling, max_new_tokens, own, processor, False, **generation_overrides
+                    messages, sampling, max_new_tokens, own, processor, False, compile, **generation_overrides
                 ),
                 tokenizer,
             )
         try:
             return self._reply(
-                messages, sampling, max_new_tokens, streamer, processor, return_tokens, **generation_overrides
+                messages, sampling, max_new_tokens, streamer, processor, return_tokens, compile, **generation_overrides
             )
         except BaseException:
             end = getattr(streamer, "end", None)
@@ -302,6 +302,7 @@ class MegrezO(MegrezOPreTrainedModel):
         streamer=None,
         processor: MegrezOProcessor | None = None,
         return_tokens: bool = False,
+        compile: bool = False,
         **generation_overrides,
     ) -> str | list[str] | list[int] | list[list[int]]:
         """`chat` without `stream`: the reply (or replies) once generation is done."""

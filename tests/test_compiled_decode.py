@@ -42,6 +42,16 @@ def compiled_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+def test_chat_decodes_eagerly_by_default(tiny_checkpoint):
+    """Without compile=True nothing is compiled and no static cache is kept (a fresh model: the module's shared one
+    compiles in the other tests)."""
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_checkpoint, trust_remote_code=True, dtype=torch.float32).eval()
+    graphs = compiled_graphs()
+    fresh.chat(TEXT, max_new_tokens=4)
+    assert compiled_graphs() == graphs
+    assert getattr(fresh.llm, "_compiled_call", None) is None and getattr(fresh, "_static_caches", None) is None
+
+
 @pytest.mark.parametrize("conversation", [TEXT, IMAGE, AUDIO, BATCH], ids=["text", "image", "audio", "batch of 3"])
 def test_compiled_replies_equal_eager(model, conversation):
     eager = model.chat(conversation, max_new_tokens=NEW_TOKENS, return_tokens=True)
