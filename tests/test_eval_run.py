@@ -242,7 +242,7 @@ def test_bad_media_are_skipped_with_their_lines_before_the_model_loads(tiny_chec
     assert "image too large" in skipped[1]
     assert "corrupt or unsupported image" in skipped[2] and "text.jpg" in skipped[2]
     assert "truncated WAV audio" in skipped[3]
-    assert stderr.index(skipped[-1]) < stderr.index("predictions already in")  # before any model was loaded
+    assert stderr.index(skipped[-1]) < stderr.index("generating ")  # before any model was loaded
     assert metrics["samples"] == 2 and metrics["skipped"] == [line.removeprefix("skipped: ") for line in skipped]
     assert predictions_by_id(tmp_path / "out") == dict(zip(["q0", "q1"], chat(tiny_model, [
         [{"role": "user", "content": {"text": "What colour is the square?\nAnswer the question using a single word or "
