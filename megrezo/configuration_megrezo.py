@@ -10,6 +10,11 @@ import json
 from transformers import LlamaConfig, SiglipVisionConfig
 
 from .compat import PreTrainedConfig, legacy_rope_kwargs, release_config_fields
+from .import_noise import drop_import_noise
+
+# The config is the first of a checkpoint's files that transformers runs (also as remote code, where the package's
+# __init__ never runs), and it runs before transformers imports torchao: drop torchao's import-time lines from here.
+drop_import_noise()
 
 
 class MegrezOAudioConfig(PreTrainedConfig):

@@ -29,6 +29,7 @@ from .conversation_media import decode_media  # noqa: F401  (module cache, see c
 from .cpu_kernels import copy_off_checkpoint_file, use_cpu_encoder_choice, use_cpu_kernels
 from .cpu_plan import CpuPlan, cpu_plan
 from .image_processing_megrezo import MegrezOImageProcessor  # noqa: F401  (module cache, see compat.py)
+from .import_noise import drop_import_noise  # noqa: F401  (module cache, see compat.py)
 from .literal_text import tokenize_literal  # noqa: F401  (module cache, see compat.py)
 from .modeling_navit_siglip import NavitSiglipVisionTransformer  # noqa: F401  (module cache, see compat.py)
 from .processing_megrezo import MegrezOProcessor

