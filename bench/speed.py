@@ -16,6 +16,7 @@ then prints the table.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import statistics
 import time
@@ -52,7 +53,7 @@ def vllm_runner(model_path: Path, device: str, dtype: torch.dtype) -> Callable[[
 
     from megrezo.processing_megrezo import MegrezOProcessor
     from vllm_demo.chat_requests import to_vllm_request
-    from vllm_demo.offline import load_llm
+    from vllm_demo.offline import close_llm, load_llm
 
     processor = MegrezOProcessor.from_pretrained(model_path, trust_remote_code=True)
     # No prefix or multimodal cache: every timed round must really process its prompts.
@@ -64,6 +65,7 @@ def vllm_runner(model_path: Path, device: str, dtype: torch.dtype) -> Callable[[
         gpu_memory_utilization=0.2 if device == "cpu" else 0.85,
         enforce_eager=device == "cpu",
     )
+    atexit.register(close_llm, llm)  # before vLLM's own exit handler, which kills an engine slower than 5 s
 
     def run(conversations: list, new_tokens: int) -> None:
         requests = [to_vllm_request(processor, conversation) for conversation in conversations]
