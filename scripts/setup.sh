@@ -32,9 +32,13 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # A Chinese font, so the browser test's screenshot shows the tiny checkpoint's Chinese words, not empty boxes.
   { command -v fc-list >/dev/null && fc-list :lang=zh | grep -q .; } || need="$need fonts-wqy-zenhei"
   if [ -n "$need" ]; then
+    # apt's own chatter (debconf's notes) is shown only when the install fails.
     apt_install() {
-      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null) \
-        || echo "setup: warning: could not install$need (tests that need them will skip)"
+      local log
+      log=$(mktemp)
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need) >"$log" 2>&1 \
+        || { cat "$log"; echo "setup: warning: could not install$need (tests that need them will skip)"; }
+      rm -f "$log"
     }
     step "apt-get install$need (about 30 s)" apt_install
   fi
@@ -94,7 +98,9 @@ PY
 if [ -f vllm_demo/requirements.txt ] && [ "${MEGREZO_SKIP_VLLM:-0}" != 1 ]; then
   step "installing vLLM (about 1 minute)" install_vllm
 fi
-pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-step "installing this repository's package (a few seconds)" pip install -q --progress-bar off --no-deps -e .
+pip uninstall -q -y torchvision torchaudio torchcodec | { grep -v "^WARNING: Skipping" || true; }
+# PYTHONWARNINGS reaches pip's build environment: setuptools' note on editable installs is not the user's concern.
+PYTHONWARNINGS=ignore step "installing this repository's package (a few seconds)" \
+  pip install -q --progress-bar off --no-deps -e .
 echo "$stamp" > "$VENV/.setup-stamp"
 echo "setup: $VENV ready after $SECONDS s"
