@@ -9,16 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from media_samples import random_image
 from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
 
 NEW_TOKENS = 12
 RATE = 16000
-
-
-def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:

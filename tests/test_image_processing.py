@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from media_samples import random_image
 from PIL import Image
 from transformers import AutoImageProcessor
 
@@ -25,11 +26,6 @@ from megrezo.image_processing_megrezo import (
 RELEASE_PREPROCESSOR_CONFIG = Path(__file__).parent / "fixtures" / "release" / "preprocessor_config.json"
 PACKAGE_DIR = Path(image_processing.__file__).parent
 PATCH = 14
-
-
-def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
 
 
 def release_config() -> dict:

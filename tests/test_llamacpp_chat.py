@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from media_samples import random_image
 from transformers import LogitsProcessor, LogitsProcessorList, TextIteratorStreamer
 
 from eval.cli import main as eval_main
@@ -26,11 +26,6 @@ from megrezo.tiny import cached_tiny_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 NEW_TOKENS = 24
 RATE = 16000
-
-
-def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
 
 
 def tone(seconds: float, seed: int = 0) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-from PIL import Image
+from media_samples import random_image
 from transformers import AutoProcessor, WhisperFeatureExtractor
 
 import megrezo.processing_megrezo
@@ -35,11 +35,6 @@ UNK_RUN = "<|unk|>" * QUERY
 @pytest.fixture(scope="module")
 def processor(tiny_checkpoint) -> MegrezOProcessor:
     return MegrezOProcessor.from_pretrained(tiny_checkpoint, trust_remote_code=True)
-
-
-def random_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
 
 
 def tone(seconds: float, rate: int = RATE) -> np.ndarray:
