@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from megrezo.loading import DTYPE_CHOICES, DTYPE_HELP, dtype_from_name
 from megrezo.quantization import QUANTIZATIONS
+from megrezo.reply_thread import StreamClosed, stream_beside
 from megrezo.sampling_settings import check_setting
 
 if TYPE_CHECKING:  # gradio and torch are imported where they are used, so that --help answers at once
@@ -242,17 +243,13 @@ def setting_slider(minimum: float, maximum: float, value: float, label: str, **k
     return slider
 
 
-class GenerationStopped(Exception):
-    """Raised inside `generate` by a stopped streamer, to end an abandoned generation at its next token."""
-
-
 class ReplyStreamer:
     """A per-request streamer for a page that redraws the whole reply on every update (`generate` calls the `put`
     and `end` of transformers' `BaseStreamer` interface).
 
     transformers' `TextIteratorStreamer` holds text back until a space, because a terminal cannot take back what
     it printed; a page can, so this one decodes all the tokens so far at every step and the reply grows token by
-    token (also for text without spaces). `stop()` ends the generation: `generate` calls `put` for every token, so
+    token (also for text without spaces). `close()` ends the generation: `generate` calls `put` for every token, so
     raising there stops any decoding mode through `model.chat` without touching the model.
     """
 
@@ -260,12 +257,12 @@ class ReplyStreamer:
         self.tokenizer = tokenizer
         self.tokens: list[int] = []
         self.updates: queue.Queue[str | None] = queue.Queue()
-        self.stopped = threading.Event()
+        self.closed = threading.Event()
         self._prompt_skipped = False
 
     def put(self, value: torch.Tensor) -> None:
-        if self.stopped.is_set():
-            raise GenerationStopped
+        if self.closed.is_set():
+            raise StreamClosed
         if not self._prompt_skipped:  # generate's first call hands over the prompt
             self._prompt_skipped = True
             return
@@ -276,8 +273,8 @@ class ReplyStreamer:
     def end(self) -> None:
         self.updates.put(None)
 
-    def stop(self) -> None:
-        self.stopped.set()
+    def close(self) -> None:
+        self.closed.set()
 
     def __iter__(self) -> Iterator[str]:
         """The latest text after each wait; updates that piled up while the page was busy are skipped (the final
@@ -303,32 +300,20 @@ class ChatEngine:
         """Yields the reply as it grows, then the final reply exactly as `model.chat` returned it. Closing the
         iterator (stop, clear, a closed page) ends the generation at its next token."""
         streamer = ReplyStreamer(self.processor.tokenizer)
-        outcome: dict[str, Any] = {}
 
-        def generate() -> None:
-            try:
-                with self._generating:
-                    if not streamer.stopped.is_set():
-                        outcome["reply"] = self.model.chat(
-                            messages, streamer=streamer, processor=self.processor, **sampling.chat_kwargs()
-                        )
-            except GenerationStopped:
-                logger.info("generation stopped after %d tokens", len(streamer.tokens))
-            except Exception as error:  # handed over to the request's thread, which raises it below
-                outcome["error"] = error
-            finally:
-                streamer.end()
+        def generate() -> str | None:
+            with self._generating:
+                if streamer.closed.is_set():
+                    return None
+                try:
+                    return self.model.chat(messages, streamer=streamer, processor=self.processor,
+                                           **sampling.chat_kwargs())
+                except StreamClosed:
+                    logger.info("generation stopped after %d tokens", len(streamer.tokens))
+                    raise
 
-        worker = threading.Thread(target=generate, name="megrezo-generate", daemon=True)
-        worker.start()
-        try:
-            yield from streamer
-            worker.join()
-        finally:
-            streamer.stop()
-        if "error" in outcome:
-            raise outcome["error"]
-        yield outcome["reply"]
+        reply = yield from stream_beside(generate, streamer, name="megrezo-generate", wait_on_close=False)
+        yield reply
 
 
 def build_demo(engine: ChatEngine, notice: str | None = None) -> gr.Blocks:

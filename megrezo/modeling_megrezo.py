@@ -34,6 +34,7 @@ from .literal_text import tokenize_literal  # noqa: F401  (module cache, see com
 from .modeling_navit_siglip import NavitSiglipVisionTransformer  # noqa: F401  (module cache, see compat.py)
 from .processing_megrezo import MegrezOProcessor
 from .prompt_layout import expand_placeholders  # noqa: F401  (module cache, see compat.py)
+from .reply_thread import stream_beside  # noqa: F401  (module cache, see compat.py)
 from .resampler import Resampler
 from .sampling_settings import check_setting, check_settings
 from .special_tokens import EOS, PAD, TURN_END

@@ -1,10 +1,6 @@
 """`model.chat(..., stream=True)`: the reply as an iterator of text pieces, with the chat's errors raised in the
-caller's loop.
-
-Generation has to run in a thread of its own for its text to arrive while it is produced. An error in that thread
-must not leave the caller's loop waiting for text that never comes: the thread hands its error over, the streamer
-is ended, and the loop raises the error. Leaving the loop early (a `break`, closing the iterator) stops the
-generation at its next token.
+caller's loop (the thread that runs the chat is `reply_thread.stream_beside`'s). Leaving the loop early (a `break`,
+closing the iterator) stops the generation at its next token.
 """
 
 import threading
@@ -12,9 +8,7 @@ from collections.abc import Callable, Iterator
 
 from transformers import TextIteratorStreamer
 
-
-class StreamClosed(Exception):
-    """Raised inside `generate` by a closed stream, to end a generation nobody reads any more."""
+from .reply_thread import StreamClosed, stream_beside
 
 
 class ChatStreamer(TextIteratorStreamer):
@@ -29,29 +23,12 @@ class ChatStreamer(TextIteratorStreamer):
             raise StreamClosed
         super().put(value)
 
+    def close(self) -> None:
+        self.closed.set()
+
 
 def stream_reply(chat: Callable[[ChatStreamer], object], tokenizer) -> Iterator[str]:
     """Runs `chat(streamer)` in a thread and yields the reply's text pieces; the chat's error, if any, is raised
     here once the pieces that came before it are yielded."""
     streamer = ChatStreamer(tokenizer)
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            chat(streamer)
-        except StreamClosed:
-            pass
-        except BaseException as error:  # handed over to the caller's loop, raised below
-            failure.append(error)
-        finally:
-            streamer.end()
-
-    worker = threading.Thread(target=run, name="megrezo-chat-stream", daemon=True)
-    worker.start()
-    try:
-        yield from streamer
-    finally:
-        streamer.closed.set()
-        worker.join()
-    if failure:
-        raise failure[0]
+    yield from stream_beside(lambda: chat(streamer), streamer, name="megrezo-chat-stream")

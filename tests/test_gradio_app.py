@@ -267,7 +267,7 @@ class ConcurrencyProbe:
             reply = self.model.chat(*args, **kwargs)
             self.endings.append("finished")
             return reply
-        except gradio_app.GenerationStopped:
+        except gradio_app.StreamClosed:
             self.endings.append("stopped")
             raise
         finally:
