@@ -51,7 +51,7 @@ from pathlib import Path
 from full_size_hf import part_hf
 from full_size_lora import part_lora
 from full_size_vllm import part_vllm
-from measuring import MemoryWatch, cpu_flags
+from measuring import MemoryWatch
 from output_folder import add_out_argument
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,8 +139,9 @@ def machine(device: str) -> dict:
 
     from megrezo.cpu_plan import FORCE_VARIABLE, classify, detect_cpu
 
+    facts = detect_cpu()
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "cpu_flags": cpu_flags(), "cpu_class": classify(detect_cpu()),
+            "cpu_flags": facts.vector_flags(), "cpu_class": classify(facts),
             "forced_cpu_class": os.environ.get(FORCE_VARIABLE) or None,
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
             "torch": torch.__version__,

@@ -1,6 +1,6 @@
 """What the benchmarks measure with, shared so that their figures mean the same: clocks that wait for a GPU's queued
-work, the memory-bandwidth probe that decode speeds are set against, the resident memory of a process tree, and the
-CPU's flags that every report records beside its figures.
+work, the memory-bandwidth probe that decode speeds are set against, and the memory a model and a process tree take.
+(The CPU's flags come from megrezo.cpu_plan's detection, which chooses the kernels the figures measure.)
 
 torch and the model's modules load inside the functions, so that a benchmark's --help answers at once.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
@@ -68,15 +68,6 @@ def roofline_tokens_per_s(bandwidth: float, bytes_per_step: int, batch: int = 1)
     """The decode speed memory allows: every step reads `bytes_per_step` at `bandwidth` GB/s and yields `batch`
     tokens. A measured speed over this is its roofline fraction."""
     return bandwidth * 1e9 / bytes_per_step * batch
-
-
-def cpu_flags(wanted: Iterable[str] | None = None) -> list[str]:
-    """The CPU's vector and matrix flags as megrezo.cpu_plan detects them (what its plan is chosen by), or those of
-    `wanted` that it has, in `wanted`'s order."""
-    from megrezo.cpu_plan import detect_cpu
-
-    facts = detect_cpu()
-    return facts.vector_flags() if wanted is None else [flag for flag in wanted if flag in facts.flags]
 
 
 def weight_bytes(model: torch.nn.Module) -> int:
