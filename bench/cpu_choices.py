@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from measuring import bandwidth_gb_s, best_seconds, timed
 from output_folder import add_out_argument
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,24 +53,6 @@ ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRU
 """The environment variables that limit torch's, oneDNN's and MKL's instruction sets (beside the project's
 MEGREZO_CPU_CLASS), recorded with the results."""
 PEAK_SHAPE = (640, 2560, 7168)
-
-
-def best_seconds(fn, repeats: int) -> float:
-    """The best of `repeats` timed calls, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def bandwidth_gb_s() -> float:
-    import torch
-
-    data = torch.ones(2**29, dtype=torch.bfloat16)
-    return data.numel() * 2 / best_seconds(data.sum, 5) / 1e9
 
 
 def matmul_peaks() -> dict[str, float]:
@@ -119,12 +102,10 @@ def alternating_best(variants: dict, run, rounds: int) -> dict[str, float]:
     import torch
 
     best = {name: float("inf") for name in variants}
-    for _ in range(rounds):
-        for name, module in variants.items():
-            start = time.perf_counter()
-            with torch.inference_mode():
-                run(module)
-            best[name] = min(best[name], time.perf_counter() - start)
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, module in variants.items():
+                best[name] = min(best[name], timed(lambda module=module: run(module)))
     return best
 
 
