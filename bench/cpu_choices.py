@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from authors_request import photo_like_image
 from measuring import bandwidth_gb_s, best_seconds, timed
 from output_folder import add_out_argument
 
@@ -80,17 +81,12 @@ def config():
 def image_slices(count: int) -> dict:
     """The first `count` slices of the authors' 720x1480 image request (photo-like pixels), as the processor cuts it."""
     import torch
-    from PIL import Image
 
     from megrezo.image_processing_megrezo import MegrezOImageProcessor
     from megrezo.tiny import RELEASE_PREPROCESSOR
 
-    rng = np.random.default_rng(0)
-    width, height = 720, 1480
-    gradient = np.linspace(0, 255, width)[None, :, None] * np.linspace(0.3, 1.0, height)[:, None, None]
-    pixels = np.clip(gradient + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
     settings = {k: v for k, v in RELEASE_PREPROCESSOR.items() if k not in ("auto_map", "processor_class")}
-    encoding = MegrezOImageProcessor(**settings).preprocess(Image.fromarray(pixels))
+    encoding = MegrezOImageProcessor(**settings).preprocess(photo_like_image(np.random.default_rng(0)))
     total = len(encoding["pixel_values"])
     return {"pixel_values": encoding["pixel_values"][:count].to(torch.bfloat16),
             "tgt_sizes": encoding["tgt_sizes"][:count], "total_slices": total}

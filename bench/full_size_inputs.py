@@ -2,6 +2,7 @@
 figures compare: the authors' image request, a 30 s clip and the decode prompts."""
 
 import numpy as np
+from authors_request import photo_like_image
 
 TEXT_TOKENS = 128
 IMAGE_SIZE = (720, 1480)
@@ -10,14 +11,9 @@ CLIP_SECONDS = 30
 
 def seed_media() -> tuple[object, tuple[np.ndarray, int]]:
     """A photo-like 720x1480 image (gradients plus noise) and 30 s of speech-band noise at 16 kHz."""
-    from PIL import Image
-
     rng = np.random.default_rng(0)
-    width, height = IMAGE_SIZE
-    gradient = np.linspace(0, 255, width)[None, :, None] * np.linspace(0.3, 1.0, height)[:, None, None]
-    pixels = np.clip(gradient + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
-    audio = rng.uniform(-0.3, 0.3, CLIP_SECONDS * 16000).astype(np.float32)
-    return Image.fromarray(pixels), (audio, 16000)
+    image = photo_like_image(rng, IMAGE_SIZE)
+    return image, (rng.uniform(-0.3, 0.3, CLIP_SECONDS * 16000).astype(np.float32), 16000)
 
 
 def seed_text(tokenizer, num_tokens: int, seed: int = 0) -> str:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from authors_request import photo_like_image
 from measuring import bandwidth_gb_s, roofline_tokens_per_s, timed
 from output_folder import add_out_argument
 
@@ -189,16 +190,13 @@ class FirstToken:
 def request_child(checkpoint: Path, gguf: str | None) -> None:
     """One process, one backend: the whole image request, timed, with this process's peak memory."""
     import torch
-    from PIL import Image
 
     from megrezo.loading import load_chat_model
 
     model = load_chat_model(checkpoint, "cpu", torch.bfloat16, gguf=gguf)
     processor = model.chat_processor()
     rng = np.random.default_rng(0)
-    width, height = IMAGE_SIZE
-    gradient = np.linspace(0, 255, width)[None, :, None] * np.linspace(0.3, 1.0, height)[:, None, None]
-    image = Image.fromarray(np.clip(gradient + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8))
+    image = photo_like_image(rng, IMAGE_SIZE)
     words = " ".join(rng.choice(["describe", "the", "picture", "colour", "shape", "left", "right", "count"], 400))
     text = processor.tokenizer.decode(processor.tokenizer(words)["input_ids"][:REQUEST_TEXT_TOKENS])
     messages = [{"role": "user", "content": {"text": text, "image": image}}]
