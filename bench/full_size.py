@@ -135,6 +135,8 @@ def run_children(args: argparse.Namespace) -> dict:
 
 
 def machine(device: str) -> dict:
+    """What the figures depend on besides the code: the CPU's flags and the class its kernels were chosen by (or the
+    class forced instead), the memory, torch and the device."""
     import torch
 
     from megrezo.cpu_plan import FORCE_VARIABLE, classify, detect_cpu
