@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 if TYPE_CHECKING:
@@ -23,6 +24,14 @@ def seed_image(index: int, size: tuple[int, int] = (720, 1480)) -> Image.Image:
         x, y = rng.randrange(size[0] - 100), rng.randrange(size[1] - 100)
         draw.rectangle((x, y, x + 100, y + 100), fill=(rng.randrange(256), rng.randrange(256), rng.randrange(256)))
     return image
+
+
+def photo_like_image(rng: np.random.Generator, size: tuple[int, int] = (720, 1480)) -> Image.Image:
+    """Smooth gradients plus noise: an image that compresses and slices like a photo, where seed_image's flat boxes
+    would not. Drawn from the caller's `rng`, whose later draws (audio, words) follow on from it."""
+    width, height = size
+    gradient = np.linspace(0, 255, width)[None, :, None] * np.linspace(0.3, 1.0, height)[:, None, None]
+    return Image.fromarray(np.clip(gradient + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8))
 
 
 def seed_text(processor: MegrezOProcessor, num_tokens: int, index: int) -> str:

@@ -23,15 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    import torch
 from authors_request import prompt_statistics, seed_conversations
+from measuring import bandwidth_gb_s, clock, roofline_tokens_per_s
 from output_folder import add_out_argument
 
 from megrezo.decode_bytes import decode_step_bytes
@@ -40,27 +36,6 @@ from megrezo.tiny import MODEL_SIZES, cached_tiny_checkpoint
 PATHS = {"eager": False, "compiled": True}
 TEXT_TOKENS = 128
 AUTHORS_BATCH, AUTHORS_NEW_TOKENS = 8, 128
-
-
-def clock(device: torch.device, run) -> tuple[float, object]:
-    """(seconds, result) of run(), waiting for the GPU's queued work before and after."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, result
-
-
-def bandwidth_gb_s(device: torch.device) -> float:
-    """Memory read bandwidth: the best of 5 sums over 1 GiB of bfloat16."""
-    import torch
-
-    data = torch.ones(2**29, dtype=torch.bfloat16, device=device)
-    return data.numel() * 2 / min(clock(device, data.sum)[0] for _ in range(5)) / 1e9
 
 
 def text_case(model, batch: int):
@@ -90,13 +65,13 @@ def measure(model, run, batch: int, new_tokens: int, rounds: int) -> dict:
     """Per path: warm-up seconds, medians of the timed 1-token and n-token calls, the rates, and whether the
     compiled path's tokens equal the eager ones."""
     device = model.device
-    out: dict = {name: {"warmup_s": clock(device, lambda c=c: run(new_tokens, c))[0]} for name, c in PATHS.items()}
+    out: dict = {name: {"warmup_s": clock(lambda c=c: run(new_tokens, c), device)[0]} for name, c in PATHS.items()}
     times = {name: {1: [], new_tokens: []} for name in PATHS}
     tokens = {}
     for _ in range(rounds):
         for name, compiled in PATHS.items():
             for n in (1, new_tokens):
-                seconds, tokens[name] = clock(device, lambda n=n, c=compiled: run(n, c))
+                seconds, tokens[name] = clock(lambda n=n, c=compiled: run(n, c), device)
                 times[name][n].append(seconds)
     for name in PATHS:
         first, full = statistics.median(times[name][1]), statistics.median(times[name][new_tokens])
@@ -138,7 +113,7 @@ def main() -> None:
     step = decode_step_bytes(model.config, context=TEXT_TOKENS + args.new_tokens // 2,
                              bytes_per_weight=bytes_per_value, bytes_per_activation=bytes_per_value)
     bandwidth = bandwidth_gb_s(device)
-    roofline = bandwidth * 1e9 / step.total
+    roofline = roofline_tokens_per_s(bandwidth, step.total)
     cases: dict[str, dict] = {}
     report = {"size": size, "device": card, "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
               "new_tokens": args.new_tokens, "rounds": args.rounds, "authors_prompt_tokens": prompt_tokens,

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from authors_request import photo_like_image
+from measuring import bandwidth_gb_s, best_seconds, timed
 from output_folder import add_out_argument
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,24 +54,6 @@ ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRU
 """The environment variables that limit torch's, oneDNN's and MKL's instruction sets (beside the project's
 MEGREZO_CPU_CLASS), recorded with the results."""
 PEAK_SHAPE = (640, 2560, 7168)
-
-
-def best_seconds(fn, repeats: int) -> float:
-    """The best of `repeats` timed calls, after one untimed call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def bandwidth_gb_s() -> float:
-    import torch
-
-    data = torch.ones(2**29, dtype=torch.bfloat16)
-    return data.numel() * 2 / best_seconds(data.sum, 5) / 1e9
 
 
 def matmul_peaks() -> dict[str, float]:
@@ -97,17 +81,12 @@ def config():
 def image_slices(count: int) -> dict:
     """The first `count` slices of the authors' 720x1480 image request (photo-like pixels), as the processor cuts it."""
     import torch
-    from PIL import Image
 
     from megrezo.image_processing_megrezo import MegrezOImageProcessor
     from megrezo.tiny import RELEASE_PREPROCESSOR
 
-    rng = np.random.default_rng(0)
-    width, height = 720, 1480
-    gradient = np.linspace(0, 255, width)[None, :, None] * np.linspace(0.3, 1.0, height)[:, None, None]
-    pixels = np.clip(gradient + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
     settings = {k: v for k, v in RELEASE_PREPROCESSOR.items() if k not in ("auto_map", "processor_class")}
-    encoding = MegrezOImageProcessor(**settings).preprocess(Image.fromarray(pixels))
+    encoding = MegrezOImageProcessor(**settings).preprocess(photo_like_image(np.random.default_rng(0)))
     total = len(encoding["pixel_values"])
     return {"pixel_values": encoding["pixel_values"][:count].to(torch.bfloat16),
             "tgt_sizes": encoding["tgt_sizes"][:count], "total_slices": total}
@@ -119,12 +98,10 @@ def alternating_best(variants: dict, run, rounds: int) -> dict[str, float]:
     import torch
 
     best = {name: float("inf") for name in variants}
-    for _ in range(rounds):
-        for name, module in variants.items():
-            start = time.perf_counter()
-            with torch.inference_mode():
-                run(module)
-            best[name] = min(best[name], time.perf_counter() - start)
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, module in variants.items():
+                best[name] = min(best[name], timed(lambda module=module: run(module)))
     return best
 
 

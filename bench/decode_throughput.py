@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from typing import TYPE_CHECKING
 
+from measuring import timed
 from output_folder import add_out_argument
 from tqdm import tqdm
 
@@ -40,12 +40,6 @@ def build_pair(size: str) -> tuple[MegrezO, LlamaForCausalLM]:
         tie_word_embeddings=False)).eval()
     plain.load_state_dict({k.removeprefix("llm."): v for k, v in model.state_dict().items() if k.startswith("llm.")})
     return model, plain
-
-
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from authors_request import photo_like_image
+from measuring import bandwidth_gb_s, roofline_tokens_per_s, timed
 from output_folder import add_out_argument
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,33 +54,20 @@ REQUEST_TEXT_TOKENS, REQUEST_NEW_TOKENS, IMAGE_SIZE = 128, 128, (720, 1480)
 GOALS = {"q4_k_m_decode_over_hf": 3.0, "q8_0_decode_over_hf": 2.0, "roofline_fraction": 0.6,
          "prefill_over_hf": 1.0, "request_peak_gb_q4_k_m": 4.5, "f16_logits_relative_l2": 2e-3,
          "q8_0_logits_relative_l2": 0.03}
+LLAMA_CPP_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile")
+"""The flags llama.cpp's CPU kernels choose their code by, in the report's order."""
 
 
-def cpu_flags() -> dict:
+def cpu_report() -> dict:
+    """The CPU and what llama.cpp was built to use on it: its speed depends on both."""
+    from megrezo.cpu_plan import detect_cpu
     from megrezo.llamacpp import llama_cpp_library
 
-    flags = set()
     with open("/proc/cpuinfo") as info:
-        for line in info:
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
-    wanted = ["avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile"]
-    return {"model": model, "cores": len(os.sched_getaffinity(0)), "flags": [f for f in wanted if f in flags],
+        model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    flags = [flag for flag in LLAMA_CPP_FLAGS if flag in detect_cpu().flags]
+    return {"model": model, "cores": len(os.sched_getaffinity(0)), "flags": flags,
             "llama_cpp_system_info": llama_cpp_library().llama_print_system_info().decode().strip()}
-
-
-def bandwidth_gb_s(gib: float = 1.0, repeats: int = 5) -> float:
-    import torch
-
-    data = torch.ones(int(gib * 2**30) // 2, dtype=torch.bfloat16)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        data.sum()
-        best = min(best, time.perf_counter() - start)
-    return data.numel() * 2 / best / 1e9
 
 
 def gguf_file(checkpoint: Path, kind: str) -> Path:
@@ -121,28 +110,22 @@ def hf_decode(llm, ids: list[int], new: int) -> float:
     prompt = torch.tensor([ids])
 
     def run(count: int) -> float:
-        start = time.perf_counter()
-        llm.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=count,
-                     min_new_tokens=count, do_sample=False, pad_token_id=0)
-        return time.perf_counter() - start
+        return timed(lambda: llm.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                                          max_new_tokens=count, min_new_tokens=count, do_sample=False, pad_token_id=0))
 
     return (new - 1) / (run(new) - run(1))
 
 
 def cpp_prefill(llm: LlamaCppLanguageModel, ids: list[int]) -> float:
     llm.reset()
-    start = time.perf_counter()
-    llm.feed(ids, 0, logits=True)
-    return time.perf_counter() - start
+    return timed(lambda: llm.feed(ids, 0, logits=True))
 
 
 def hf_prefill(llm, ids: list[int]) -> float:
     import torch
 
-    start = time.perf_counter()
     with torch.inference_mode():
-        llm(torch.tensor([ids]), logits_to_keep=1)
-    return time.perf_counter() - start
+        return timed(lambda: llm(torch.tensor([ids]), logits_to_keep=1))
 
 
 def speed(checkpoint: Path, rounds: int) -> dict:
@@ -179,7 +162,7 @@ def speed(checkpoint: Path, rounds: int) -> dict:
     rows = {}
     for name, run in runs.items():
         bandwidth = float(np.mean(run["bandwidth"]))
-        roofline = bandwidth * 1e9 / step_bytes[name]
+        roofline = roofline_tokens_per_s(bandwidth, step_bytes[name])
         rows[name] = {"decode_tokens_per_s": max(run["decode"]), "rounds_tokens_per_s": run["decode"],
                       "prefill_640_s": min(run["prefill"]), "bandwidth_gb_s": bandwidth,
                       "gb_per_step": step_bytes[name] / 1e9, "roofline_tokens_per_s": roofline,
@@ -207,16 +190,13 @@ class FirstToken:
 def request_child(checkpoint: Path, gguf: str | None) -> None:
     """One process, one backend: the whole image request, timed, with this process's peak memory."""
     import torch
-    from PIL import Image
 
     from megrezo.loading import load_chat_model
 
     model = load_chat_model(checkpoint, "cpu", torch.bfloat16, gguf=gguf)
     processor = model.chat_processor()
     rng = np.random.default_rng(0)
-    width, height = IMAGE_SIZE
-    gradient = np.linspace(0, 255, width)[None, :, None] * np.linspace(0.3, 1.0, height)[:, None, None]
-    image = Image.fromarray(np.clip(gradient + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8))
+    image = photo_like_image(rng, IMAGE_SIZE)
     words = " ".join(rng.choice(["describe", "the", "picture", "colour", "shape", "left", "right", "count"], 400))
     text = processor.tokenizer.decode(processor.tokenizer(words)["input_ids"][:REQUEST_TEXT_TOKENS])
     messages = [{"role": "user", "content": {"text": text, "image": image}}]
@@ -299,7 +279,7 @@ def main() -> None:
     checkpoint = args.model_path or cached_tiny_checkpoint(
         size=args.size, dtype=torch.bfloat16 if args.size == "full" else torch.float32)
     parts = args.parts or (["speed", "request"] + (["quality"] if args.size == "small" else []))
-    report = {"size": args.size, "checkpoint": str(checkpoint), "cpu": cpu_flags(), "python": platform.python_version(),
+    report = {"size": args.size, "checkpoint": str(checkpoint), "cpu": cpu_report(), "python": platform.python_version(),
               "threads": torch.get_num_threads(), "goals": GOALS}
     if "quality" in parts:
         report["quality"] = quality(checkpoint)

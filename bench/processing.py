@@ -13,12 +13,12 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import soundfile
+from measuring import timed
 from output_folder import add_out_argument
 from PIL import Image
 
@@ -26,12 +26,7 @@ from megrezo.tiny import cached_tiny_checkpoint
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn) for _ in range(repeats))
 
 
 def make_inputs(folder: Path) -> tuple[Path, Path]:

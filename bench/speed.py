@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from authors_request import prompt_statistics, seed_conversations
+from measuring import synchronize
 from output_folder import add_out_argument
 from tqdm import tqdm
 
@@ -35,15 +36,13 @@ if TYPE_CHECKING:  # torch loads in main, so that --help answers at once
 
 
 def hf_runner(model_path: Path, device: str, dtype: torch.dtype) -> Callable[[list, int], None]:
-    import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=True, dtype=dtype).to(device).eval()
 
     def run(conversations: list, new_tokens: int) -> None:
         model.chat(conversations, max_new_tokens=new_tokens, min_new_tokens=new_tokens, repetition_penalty=1.0)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(device)
 
     return run
 
