@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -187,6 +186,14 @@ class FirstToken:
         pass
 
 
+def peak_resident_gb() -> float:
+    """This process's peak resident set since it started its program (Linux's VmHWM). Not getrusage's ru_maxrss:
+    Linux carries that over from the parent across fork and exec, so a child of the big benchmark process would
+    report the parent's peak."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024 / 1e9
+
+
 def request_child(checkpoint: Path, gguf: str | None) -> None:
     """One process, one backend: the whole image request, timed, with this process's peak memory."""
     import torch
@@ -208,7 +215,7 @@ def request_child(checkpoint: Path, gguf: str | None) -> None:
                         return_tokens=True)
     total = time.perf_counter() - start
     print(json.dumps({"first_token_s": streamer.first - start, "total_s": total, "new_tokens": len(tokens),
-                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}))
+                      "peak_rss_gb": peak_resident_gb()}))
 
 
 def request(checkpoint: Path) -> dict:
