@@ -29,7 +29,7 @@ With `--device cuda` the parts `hf-bf16` and `lora` run on the GPU (no CPU kerne
 allocation besides the resident set) and write full_size_cuda.json.
 
 Every decode figure sits beside the memory bandwidth measured in the same process just before and after it (the
-best of several sums over a 1 GiB bfloat16 tensor), and is reported as a fraction of the roofline
+best of several sums over a 1 GiB float32 tensor), and is reported as a fraction of the roofline
 `bandwidth / bytes read per step` (megrezo.decode_bytes). Decode tokens/s = batch x (new - 1) / the time from the
 first new token to the last: for HF from a clock called at every step, for vLLM as the time for `new` tokens minus
 the time for 1. Memory is the resident set of the part's process and its children, sampled every 20 ms.

@@ -10,7 +10,7 @@ The GGUF files (q8_0, q4_k_m, and f16 for the quality figures) are exported once
 both alike:
 
 - decode: a 64-id prompt, then 32 greedy steps, batch 1; tokens/s over the steps after the first. Each round is
-  framed by a memory-bandwidth probe (the best of five sums over 1 GiB of bfloat16 on every core); the roofline is
+  framed by a memory-bandwidth probe (the best of five sums over 1 GiB of float32 on every core); the roofline is
   bandwidth / bytes one step reads (the GGUF's tensors but the token embeddings, plus the KV cache; for
   transformers megrezo.decode_bytes).
 - prefill: 640 prompt positions (the authors' image request), seconds to the logits of the last.
