@@ -48,14 +48,12 @@ def stream_beside(chat: Callable[[], Result], streamer: ClosableStreamer[Piece],
 
     worker = threading.Thread(target=run, name=name, daemon=True)
     worker.start()
-    finished = False
     try:
         yield from streamer
         worker.join()
-        finished = True
     finally:
         streamer.close()
-        if not finished and wait_on_close:
+        if wait_on_close:
             worker.join()
     if "error" in outcome:
         raise outcome["error"]
