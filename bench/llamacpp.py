@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from authors_request import photo_like_image
-from measuring import bandwidth_gb_s, roofline_tokens_per_s, timed
+from measuring import MemoryWatch, bandwidth_gb_s, roofline_tokens_per_s, timed
 from output_folder import add_out_argument
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,20 +186,14 @@ class FirstToken:
         pass
 
 
-def peak_resident_gb() -> float:
-    """This process's peak resident set since it started its program (Linux's VmHWM). Not getrusage's ru_maxrss:
-    Linux carries that over from the parent across fork and exec, so a child of the big benchmark process would
-    report the parent's peak."""
-    status = Path("/proc/self/status").read_text()
-    return int(status.split("VmHWM:")[1].split()[0]) * 1024 / 1e9
-
-
 def request_child(checkpoint: Path, gguf: str | None) -> None:
-    """One process, one backend: the whole image request, timed, with this process's peak memory."""
+    """One process, one backend: the whole image request, timed, with this process's peak memory (sampled from its
+    start: getrusage's ru_maxrss would carry over the big parent's peak across fork and exec)."""
     import torch
 
     from megrezo.loading import load_chat_model
 
+    watch = MemoryWatch()
     model = load_chat_model(checkpoint, "cpu", torch.bfloat16, gguf=gguf)
     processor = model.chat_processor()
     rng = np.random.default_rng(0)
@@ -215,7 +209,7 @@ def request_child(checkpoint: Path, gguf: str | None) -> None:
                         return_tokens=True)
     total = time.perf_counter() - start
     print(json.dumps({"first_token_s": streamer.first - start, "total_s": total, "new_tokens": len(tokens),
-                      "peak_rss_gb": peak_resident_gb()}))
+                      "peak_rss_gb": watch.peak() / 1e9}))
 
 
 def request(checkpoint: Path) -> dict:
